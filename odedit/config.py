@@ -1,0 +1,93 @@
+"""Every hyperparameter of an edit in one typed object, logged whole with each run.
+
+Defaults marked PAPER come from Su et al. (arXiv 2601.19700); INFERRED marks choices the
+paper does not state (each is an option, ablated in the benchmark); PRODUCT marks choices of
+this tool (not part of the method); TUNED marks values set from `odedit bench` runs on the
+embedded model (see README "Benchmark").
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Literal
+
+METHODS = ("ft-l", "lora", "odedit-ft-l", "odedit-lora")
+
+
+@dataclass
+class BaseEditorConfig:
+    """The per-instance base editor (FT-L or LoRA)."""
+
+    layer: int | None = None  # decoder layer to edit; None -> num_layers // 2 (TUNED)
+    proj: str = "down_proj"  # MLP projection edited (FT-L in EasyEdit edits mlp weights)
+    lr: float = 5e-3  # Adam learning rate (TUNED)
+    steps: int = 40  # optimisation steps per edit (TUNED)
+    early_stop_loss: float | None = 0.05  # stop when the edit loss falls below (PRODUCT)
+    norm_constraint: float | None = None  # FT-L: clamp |w - w0| elementwise (EasyEdit option)
+    lora_rank: int = 4
+    lora_alpha: float = 8.0
+    with_eos: bool = False  # append EOS to the target when optimising (PRODUCT)
+
+
+@dataclass
+class ODEditConfig:
+    """The ODEdit wrapper: tripartite OOD risk + TV-IRM trajectory penalty."""
+
+    w_rel: float = 1.0  # reliability risk weight (PAPER: the three risks are summed)
+    w_gen: float = 1.0  # generality risk (MMD) weight
+    w_se_nll: float = 1.0  # also fit the target on SE samples (INFERRED; 0 = MMD only)
+    w_loc: float = 1.0  # locality risk (KL) weight
+    nll_reduction: Literal["mean", "sum"] = "mean"  # over target tokens (INFERRED: not stated)
+    kl_direction: Literal["post_pre", "pre_post"] = "post_pre"  # PAPER prints KL(post || pre)
+    kl_positions: Literal["answer", "all"] = "answer"  # INFERRED
+    mmd_positions: Literal["answer", "prompt"] = "answer"  # which hidden states are MMD samples (INFERRED)
+    mmd_scales: int = 5  # multi-scale Gaussian kernel, b0 * 2^q (INFERRED)
+    tv: bool = True  # the total-variation (IRM-TV) penalty on/off, for ablation
+    tv_warmup_steps: int = 5  # penalty annealed in after these steps (INFERRED from IRM-TV code)
+    lambda_init: float = 1.0  # initial penalty weight lambda (INFERRED)
+    lambda_hidden: int = 16  # lambda-network hidden width (IRM-TV reference: Linear-ReLU-Linear-Softplus)
+    lambda_features: int = 32  # random-projection size of the compressed edit parameters (INFERRED)
+    lambda_lr: float = 1e-2  # gamma2, dual ascent step on the lambda network (INFERRED)
+    lambda_max: float = 100.0  # clamp on lambda (INFERRED, keeps the dual step bounded)
+    n_image_aug: int = 2  # SE image transformations of the edit image (INFERRED)
+    n_out_text: int = 4  # OUT text-only probes per step, from the locality pool (PRODUCT)
+    n_out_image: int = 4  # OUT image probes per step, from the locality pool (PRODUCT)
+
+
+@dataclass
+class EditConfig:
+    method: str = "odedit-ft-l"
+    seed: int = 0
+    base: BaseEditorConfig = field(default_factory=BaseEditorConfig)
+    odedit: ODEditConfig = field(default_factory=ODEditConfig)
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if isinstance(self.base, dict):
+            self.base = BaseEditorConfig(**self.base)
+        if isinstance(self.odedit, dict):
+            self.odedit = ODEditConfig(**self.odedit)
+
+    @property
+    def uses_odedit(self) -> bool:
+        return self.method.startswith("odedit-")
+
+    @property
+    def base_method(self) -> str:
+        return self.method.removeprefix("odedit-")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def flat(self) -> dict:
+        """Flat `section.key -> value` view for logging as run parameters."""
+        out = {"method": self.method, "seed": self.seed}
+        for section in ("base", "odedit"):
+            obj = getattr(self, section)
+            out.update({f"{section}.{f.name}": getattr(obj, f.name) for f in fields(obj)})
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "EditConfig":
+        return cls(**data)

@@ -1,0 +1,118 @@
+"""Running edits end to end without any orchestrator: environments -> baseline -> optimise ->
+score, for single edits (each on the unedited model) or sequential edits (T edits applied one
+after another, with retention of earlier edits measured after the last one)."""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from odedit import evaluate
+from odedit.config import EditConfig
+from odedit.delta import Delta, remove_delta
+from odedit.editors.optimise import EditDiverged, optimise_edit
+from odedit.environments import EnvironmentSet, build_environments
+from odedit.metrics import EditScores, aggregate, retention, token_accuracy
+from odedit.models.adapter import MLLMAdapter, Sample
+from schemas.request import EditRequest
+
+
+@dataclass
+class EditRecord:
+    request_id: str
+    request_hash: str
+    method: str
+    status: str  # "ok" | "diverged" | "error"
+    target: str
+    answer_before: str | None = None
+    answer_after: str | None = None
+    pre: EditScores | None = None
+    post: EditScores | None = None
+    steps: int = 0
+    seconds: float = 0.0
+    delta_bytes: int = 0
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["pre"] = self.pre.to_dict() if self.pre else None
+        d["post"] = self.post.to_dict() if self.post else None
+        return d
+
+
+@dataclass
+class EditRun:
+    config: EditConfig
+    sequential: bool
+    records: list[EditRecord] = field(default_factory=list)
+    deltas: dict[str, Delta] = field(default_factory=dict)  # request id -> its delta
+    retention: float | None = None  # sequential only: reliability of every edit after the last
+
+    def summary(self) -> dict:
+        ok = [r for r in self.records if r.status == "ok"]
+        out = {"edits": len(self.records), "ok": len(ok)}
+        out.update({f"pre.{k}": v for k, v in aggregate([r.pre for r in ok if r.pre]).items()})
+        out.update({f"post.{k}": v for k, v in aggregate([r.post for r in ok if r.post]).items()})
+        out["seconds_per_edit"] = sum(r.seconds for r in ok) / len(ok) if ok else None
+        out["retention"] = self.retention
+        return out
+
+
+def batch_locality_pool(adapter: MLLMAdapter, envsets: Sequence[EnvironmentSet]) -> list[Sample]:
+    """A generic OUT pool when no better one is given: the other requests' edit prompts with
+    the model's own current answers as their continuations (KL needs positions, not truth)."""
+    pool = []
+    for es in envsets:
+        s = es.heldout.reliability[0]
+        answer = adapter.answer(s.prompt, s.image, max_new_tokens=4) or s.target
+        pool.append(Sample(s.prompt, answer, s.image))
+    return pool
+
+
+def run_edits(
+    adapter: MLLMAdapter,
+    requests: Sequence[EditRequest],
+    image_root: str | Path | None,
+    config: EditConfig,
+    locality_pool: Sequence[Sample] | Callable[[EditRequest], Sequence[Sample]] = (),
+    sequential: bool = False,
+    on_record: Callable[[EditRecord], None] | None = None,
+    fault: dict[str, str] | None = None,
+) -> EditRun:
+    """Edit `adapter.model` with every request. Single mode leaves the model as it was;
+    sequential mode leaves all successful edits applied (their deltas are in the run)."""
+    run = EditRun(config, sequential)
+    edited: list[Sample] = []
+    for req in requests:
+        pool = locality_pool(req) if callable(locality_pool) else locality_pool
+        envset = build_environments(req, image_root, config.odedit, pool, seed=config.seed)
+        edit_sample = envset.heldout.reliability[0]
+        record = EditRecord(req.id, envset.request_hash, config.method, "ok", req.alt)
+        try:
+            record.answer_before = adapter.answer(edit_sample.prompt, edit_sample.image)
+            before = evaluate.baseline(adapter, envset.heldout)
+            record.pre = before.scores
+            outcome = optimise_edit(adapter, envset, config, fault=(fault or {}).get(req.id))
+            record.steps, record.seconds = outcome.steps, outcome.seconds
+            record.delta_bytes = outcome.delta.nbytes
+            record.post = evaluate.score(adapter, envset.heldout, before)
+            record.answer_after = adapter.answer(edit_sample.prompt, edit_sample.image)
+            run.deltas[req.id] = outcome.delta
+            if sequential:
+                edited.append(edit_sample)
+            else:
+                remove_delta(adapter.model, outcome.restore)
+        except EditDiverged as exc:
+            record.status, record.error = "diverged", str(exc)
+        except Exception as exc:  # one bad edit never takes the batch down
+            record.status, record.error = "error", f"{type(exc).__name__}: {exc}"
+            record.error += "\n" + traceback.format_exc(limit=3)
+        run.records.append(record)
+        if on_record:
+            on_record(record)
+    if sequential and edited:
+        probe = evaluate.probe_logits(adapter, edited)
+        run.retention = retention(token_accuracy(probe.logits, probe.labels).tolist())
+    return run

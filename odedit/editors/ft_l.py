@@ -1,0 +1,32 @@
+"""FT-L: fine-tune one decoder layer's MLP projection (EasyEdit's FT with a single layer)."""
+
+from __future__ import annotations
+
+import torch
+
+from odedit.editors.base import BaseEditor
+
+
+class FTLEditor(BaseEditor):
+    name = "ft-l"
+
+    def begin(self) -> list[torch.nn.Parameter]:
+        weight = self.module.weight
+        self._original = weight.detach().clone()
+        weight.requires_grad_(True)
+        return [weight]
+
+    def after_step(self) -> None:
+        eps = self.config.norm_constraint
+        if eps is not None:  # EasyEdit FT: keep every weight within eps of its original value
+            with torch.no_grad():
+                w = self.module.weight
+                w.copy_(torch.clamp(w, self._original - eps, self._original + eps))
+
+    def end(self) -> None:
+        self.module.weight.requires_grad_(False)
+
+    def abort(self) -> None:
+        with torch.no_grad():
+            self.module.weight.copy_(self._original)
+        self.end()

@@ -1,0 +1,91 @@
+"""The optimisation loop of one edit: a base editor's parameters, driven either by the base
+editor's own loss (target NLL on the edit prompt, as FT-L/LoRA in EasyEdit) or by ODEdit's
+objective. Produces the edit's delta; a non-finite loss restores the base and raises."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from odedit.config import EditConfig
+from odedit.delta import AppliedDelta, Delta, delta_from, snapshot
+from odedit.editors import losses
+from odedit.editors.env_batch import EnvBatch
+from odedit.editors.odedit import ODEditObjective
+from odedit.editors.registry import BASE_EDITORS
+from odedit.environments import EnvironmentSet
+from odedit.models.adapter import MLLMAdapter
+
+
+class EditDiverged(RuntimeError):
+    """The optimisation produced a non-finite loss; the model was restored."""
+
+
+@dataclass
+class EditOutcome:
+    delta: Delta
+    restore: AppliedDelta  # the weights before the edit: remove_delta(model, restore) undoes it
+    steps: int
+    seconds: float
+    losses: list[float] = field(default_factory=list)
+    stats: list[dict] = field(default_factory=list)
+
+
+class PlainObjective:
+    """The base editor's own edit loss: target NLL on the IN environment."""
+
+    def __init__(self, adapter: MLLMAdapter, batch: EnvBatch):
+        self.adapter, self.batch = adapter, batch
+
+    def __call__(self):
+        (group, enc), = self.batch.encoded.items()
+        _, logits = self.adapter.hidden_and_logits(enc)
+        loss = losses.nll(logits, enc.labels).mean()
+        return loss, {"fit": loss.item()}
+
+    def dual_step(self) -> None:
+        pass
+
+
+def optimise_edit(adapter: MLLMAdapter, envset: EnvironmentSet, config: EditConfig,
+                  fault: str | None = None) -> EditOutcome:
+    """Run one edit in place on `adapter.model`; returns its delta relative to the weights
+    the model had before. `fault="nan"` injects a non-finite loss (fault-injection tests)."""
+    torch.manual_seed(config.seed)
+    start = time.perf_counter()
+    editor = BASE_EDITORS[config.base_method](adapter, config.base)
+    originals = snapshot(adapter.model, editor.edited_parameter_names())
+    params = editor.begin()
+    envs = envset.train if config.uses_odedit else [envset.env("IN")]
+    try:
+        batch = EnvBatch(adapter, envs, with_eos=config.base.with_eos)
+        objective = (ODEditObjective(adapter, batch, params, config.odedit, config.seed)
+                     if config.uses_odedit else PlainObjective(adapter, batch))
+        opt = torch.optim.Adam(params, lr=config.base.lr)
+        history, stats = [], []
+        steps = 0
+        for steps in range(1, config.base.steps + 1):
+            opt.zero_grad(set_to_none=True)
+            loss, st = objective()
+            if fault == "nan":
+                loss = loss * float("nan")
+            if not torch.isfinite(loss):
+                raise EditDiverged(f"non-finite loss at step {steps} (request {envset.request_id})")
+            loss.backward()
+            opt.step()
+            editor.after_step()
+            objective.dual_step()
+            history.append(loss.item())
+            stats.append(st)
+            if config.base.early_stop_loss is not None and st["fit"] < config.base.early_stop_loss:
+                break
+    except BaseException:
+        editor.abort()
+        raise
+    editor.end()
+    meta = {"request_id": envset.request_id, "request_hash": envset.request_hash,
+            "method": config.method, "steps": steps}
+    delta = delta_from(adapter.model, originals, meta)
+    return EditOutcome(delta, AppliedDelta(originals), steps, time.perf_counter() - start, history, stats)

@@ -1,0 +1,138 @@
+"""ODEdit's environments, built from one edit request.
+
+  IN   the edit itself: (edit image, edit prompt) -> new target
+  SE   semantic-equivalent shifts (give the new answer): training rephrasings with the edit
+       image, and the edit prompt with other training images of the subject and with
+       transformed copies of the edit image (PIL augmentations, INFERRED choice)
+  OUT  out-of-scope prompts (keep the old answer): text-only and image probes drawn from a
+       locality pool, never about the subject and never one of the held-out probes
+
+The request's `rephrase`, `image_rephrase`, `loc*` and `m_loc*` fields form the HELD-OUT
+split: they are returned separately and optimisation never sees them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from PIL import Image, ImageEnhance
+
+from odedit.config import ODEditConfig
+from odedit.models.adapter import Sample
+from schemas.request import EditRequest
+
+
+@dataclass
+class Environment:
+    name: str  # e.g. "IN", "SE/text", "SE/image", "OUT/text", "OUT/image"
+    kind: str  # "IN" | "SE" | "OUT"
+    samples: list[Sample]
+
+
+@dataclass
+class HeldOut:
+    """Evaluation probes that optimisation never sees (EasyEdit's MMEdit metrics)."""
+
+    reliability: list[Sample]
+    t_gen: list[Sample] = field(default_factory=list)
+    m_gen: list[Sample] = field(default_factory=list)
+    t_loc: list[Sample] = field(default_factory=list)
+    m_loc: list[Sample] = field(default_factory=list)
+
+
+@dataclass
+class EnvironmentSet:
+    request_id: str
+    request_hash: str
+    train: list[Environment]
+    heldout: HeldOut
+
+    def env(self, name: str) -> Environment | None:
+        return next((e for e in self.train if e.name == name), None)
+
+
+def request_hash(request: EditRequest) -> str:
+    """Content hash of what defines the edit (not of audit fields): same request, same hash."""
+    payload = request.model_dump(
+        exclude={"id", "requester", "reason", "ticket", "submitted_at"}, mode="json"
+    )
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_image(path: str | Path, image_root: str | Path | None = None) -> Image.Image:
+    p = Path(path)
+    if image_root is not None and not p.is_absolute():
+        p = Path(image_root) / p
+    with Image.open(p) as img:
+        return img.convert("RGB")
+
+
+def augment_image(image: Image.Image, rng: random.Random) -> Image.Image:
+    """A label-preserving transformation: crop-and-resize, small rotation, brightness/contrast
+    jitter. (INFERRED: the paper names "image transformations" without listing them.)"""
+    w, h = image.size
+    scale = rng.uniform(0.85, 1.0)
+    cw, ch = max(1, int(w * scale)), max(1, int(h * scale))
+    x0, y0 = rng.randint(0, w - cw), rng.randint(0, h - ch)
+    out = image.crop((x0, y0, x0 + cw, y0 + ch)).resize((w, h), Image.BILINEAR)
+    out = out.rotate(rng.uniform(-10, 10), resample=Image.BILINEAR, fillcolor=out.getpixel((0, 0)))
+    out = ImageEnhance.Brightness(out).enhance(rng.uniform(0.9, 1.1))
+    return ImageEnhance.Contrast(out).enhance(rng.uniform(0.9, 1.1))
+
+
+def _mentions(text: str, subject: str | None) -> bool:
+    return bool(subject) and subject.lower() in text.lower().split()
+
+
+def build_environments(
+    request: EditRequest,
+    image_root: str | Path | None,
+    config: ODEditConfig,
+    locality_pool: Sequence[Sample] = (),
+    seed: int = 0,
+) -> EnvironmentSet:
+    """IN / SE / OUT training environments plus the held-out split of one request."""
+    rng = random.Random(f"{seed}:{request_hash(request)}")
+    image = load_image(request.image, image_root)
+    edit = Sample(request.src, request.alt, image)
+
+    heldout = HeldOut(
+        reliability=[edit],
+        t_gen=[Sample(q, request.alt, image) for q in request.rephrase],
+        m_gen=[Sample(request.src, request.alt, load_image(p, image_root)) for p in request.image_rephrase],
+        t_loc=[Sample(q, a) for q, a in zip(request.loc, request.loc_ans)],
+        m_loc=[
+            Sample(q, a, load_image(p, image_root))
+            for p, q, a in zip(request.m_loc, request.m_loc_q, request.m_loc_a)
+        ],
+    )
+    held_prompts = {s.prompt for s in heldout.t_loc + heldout.m_loc} | set(request.rephrase)
+
+    train = [Environment("IN", "IN", [edit])]
+    se_text = [Sample(q, request.alt, image) for q in request.train_rephrase if q not in held_prompts]
+    if se_text:
+        train.append(Environment("SE/text", "SE", se_text))
+    se_images = [load_image(p, image_root) for p in request.train_image_rephrase]
+    se_images += [augment_image(image, rng) for _ in range(config.n_image_aug)]
+    if se_images:
+        train.append(Environment("SE/image", "SE", [Sample(request.src, request.alt, im) for im in se_images]))
+
+    usable = [
+        s for s in locality_pool
+        if s.prompt not in held_prompts and not _mentions(s.prompt, request.subject)
+        and not _mentions(s.target, request.subject)
+    ]
+    text_pool = [s for s in usable if s.image is None]
+    image_pool = [s for s in usable if s.image is not None]
+    out_text = rng.sample(text_pool, min(config.n_out_text, len(text_pool)))
+    out_image = rng.sample(image_pool, min(config.n_out_image, len(image_pool)))
+    if out_text:
+        train.append(Environment("OUT/text", "OUT", out_text))
+    if out_image:
+        train.append(Environment("OUT/image", "OUT", out_image))
+    return EnvironmentSet(request.id, request_hash(request), train, heldout)
