@@ -13,7 +13,7 @@ from odedit import evaluate
 from odedit.config import EditConfig
 from odedit.delta import Delta, remove_delta
 from odedit.editors.optimise import EditDiverged, optimise_edit
-from odedit.environments import EnvironmentSet, build_environments
+from odedit.environments import build_environments
 from odedit.metrics import EditScores, aggregate, retention, token_accuracy
 from odedit.models.adapter import MLLMAdapter, Sample
 from schemas.request import EditRequest
@@ -58,17 +58,6 @@ class EditRun:
         out["seconds_per_edit"] = sum(r.seconds for r in ok) / len(ok) if ok else None
         out["retention"] = self.retention
         return out
-
-
-def batch_locality_pool(adapter: MLLMAdapter, envsets: Sequence[EnvironmentSet]) -> list[Sample]:
-    """A generic OUT pool when no better one is given: the other requests' edit prompts with
-    the model's own current answers as their continuations (KL needs positions, not truth)."""
-    pool = []
-    for es in envsets:
-        s = es.heldout.reliability[0]
-        answer = adapter.answer(s.prompt, s.image, max_new_tokens=4) or s.target
-        pool.append(Sample(s.prompt, answer, s.image))
-    return pool
 
 
 def run_edits(

@@ -1,0 +1,150 @@
+"""`odedit edit` (edit a model with a batch of requests) and `odedit demo` (the same on
+requests generated from the embedded model's world)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from odedit.cli import app
+from odedit.cli.render import console, edit_table
+from odedit.config import METHODS, EditConfig
+
+MODEL_HELP = "Model directory or hub id (Auto classes); default: the embedded tiny LLaVA."
+
+
+def _config(method: str, seed: int, steps: Optional[int], lr: Optional[float], layer: Optional[int],
+            config_file: Optional[Path]) -> EditConfig:
+    if method not in METHODS:
+        raise typer.BadParameter(f"unknown method {method!r}; choose one of {', '.join(METHODS)}",
+                                 param_hint="--method")
+    data = json.loads(config_file.read_text()) if config_file else {}
+    data.update(method=method, seed=seed)
+    cfg = EditConfig.from_dict(data)
+    if steps is not None:
+        cfg.base.steps = steps
+    if lr is not None:
+        cfg.base.lr = lr
+    if layer is not None:
+        cfg.base.layer = layer
+    return cfg
+
+
+def _load_model(model: Optional[str], device: Optional[str]):
+    from odedit.models.adapter import MLLMAdapter, ModelLoadError
+    from odedit.models.embedded import default_model_path
+
+    ref = model or str(default_model_path())
+    try:
+        with console.status(f"loading model {ref}"):
+            return ref, MLLMAdapter.load(ref, device=device)
+    except (ModelLoadError, ValueError) as exc:
+        console.print(f"[red]error[/] --model: {exc}")
+        raise typer.Exit(2)
+
+
+def execute(requests, image_root, model: Optional[str], cfg: EditConfig, sequential: bool,
+            out: Path, device: Optional[str] = None):
+    """Load the model, run the edits with a progress bar, print the table, save deltas."""
+    from odedit.editing import run_edits
+    from odedit.pools import locality_pool_for
+
+    ref, adapter = _load_model(model, device)
+    console.print(f"model [bold]{ref}[/] on {adapter.device}; method [bold]{cfg.method}[/]; "
+                  f"{len(requests)} request(s), {'sequential' if sequential else 'single'} editing")
+    pool = locality_pool_for(adapter, ref, requests, image_root, seed=cfg.seed)
+    with Progress(TextColumn("[bold]editing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.description}"), console=console, transient=True) as progress:
+        task = progress.add_task("", total=len(requests))
+
+        def advance(record):
+            progress.update(task, advance=1, description=f"{record.request_id}: {record.status}")
+
+        run = run_edits(adapter, requests, image_root, cfg, pool, sequential=sequential, on_record=advance)
+    console.print(edit_table(run))
+    out.mkdir(parents=True, exist_ok=True)
+    for rid, delta in run.deltas.items():
+        delta.save(out / "deltas" / rid)
+    (out / "edits.json").write_text(json.dumps(
+        {"model": ref, "config": cfg.to_dict(), "sequential": sequential, "summary": run.summary(),
+         "records": [r.to_dict() for r in run.records]}, indent=2, default=str))
+    console.print(f"deltas and edits.json written to [bold]{out}[/]")
+    return run
+
+
+def _read_jsonl(path: Path):
+    """Requests from JSONL; a malformed row is reported with its id/line and field and skipped."""
+    from pydantic import ValidationError
+
+    from schemas.request import EditRequest
+
+    good, bad = [], []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+            good.append(EditRequest.model_validate(raw))
+        except json.JSONDecodeError as exc:
+            bad.append((f"line {n}", "-", f"not valid JSON: {exc.msg}"))
+        except ValidationError as exc:
+            rid = raw.get("id", f"line {n}") if isinstance(raw, dict) else f"line {n}"
+            for err in exc.errors():
+                bad.append((rid, ".".join(map(str, err["loc"])) or "-", err["msg"]))
+    return good, bad
+
+
+@app.command()
+def edit(
+    requests: Path = typer.Argument(..., exists=True, dir_okay=False, help="Edit requests (JSONL)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    method: str = typer.Option("odedit-ft-l", "--method", help=f"One of: {', '.join(METHODS)}."),
+    image_root: Optional[Path] = typer.Option(None, help="Directory image paths are relative to "
+                                              "(default: the requests file's directory)."),
+    out: Path = typer.Option(Path("out/edit"), "--out", "-o", help="Output directory for deltas and edits.json."),
+    sequential: bool = typer.Option(False, help="Apply edits one after another (T = number of requests)."),
+    seed: int = typer.Option(0, help="Random seed."),
+    steps: Optional[int] = typer.Option(None, help="Override optimisation steps per edit."),
+    lr: Optional[float] = typer.Option(None, help="Override the learning rate."),
+    layer: Optional[int] = typer.Option(None, help="Override the edited decoder layer."),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="EditConfig as JSON (see odedit/config.py)."),
+    device: Optional[str] = typer.Option(None, help="cpu / cuda (default: cuda when available)."),
+):
+    """Edit a model with a batch of requests; print Rel/T-Gen/M-Gen/T-Loc/M-Loc before -> after
+    per edit, and write each edit's delta (only the changed tensors) to OUT/deltas/ID/."""
+    cfg = _config(method, seed, steps, lr, layer, config_file)
+    good, bad = _read_jsonl(requests)
+    for rid, field, msg in bad:
+        console.print(f"[red]rejected[/] request {rid}, field {field}: {msg}")
+    if not good:
+        console.print("[red]error[/]: no valid request to edit")
+        raise typer.Exit(2)
+    execute(good, image_root or requests.parent, model, cfg, sequential, out, device)
+    if bad:
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    n: int = typer.Option(8, "--n", help="Number of world edits to generate and apply."),
+    method: str = typer.Option("odedit-ft-l", "--method", help=f"One of: {', '.join(METHODS)}."),
+    out: Path = typer.Option(Path("out/demo"), "--out", "-o", help="Output directory."),
+    seed: int = typer.Option(0, help="Seed of the generated requests and of the edits."),
+):
+    """The main job on the embedded default: generate N edit requests from the embedded
+    model's world (written to OUT/requests.jsonl + images) and edit the model with them."""
+    from odedit.models.embedded import default_model_path
+    from odedit.pools import world_of
+
+    world = world_of(default_model_path())
+    t0 = time.perf_counter()
+    reqs = world.demo_requests(n, out / "images", seed=seed)
+    (out / "requests.jsonl").write_text("".join(r.model_dump_json() + "\n" for r in reqs))
+    console.print(f"generated {n} world edit request(s) -> {out / 'requests.jsonl'} "
+                  f"({time.perf_counter() - t0:.1f}s)")
+    execute(reqs, out / "images", None, _config(method, seed, None, None, None, None), False, out)

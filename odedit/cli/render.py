@@ -1,0 +1,43 @@
+"""Terminal rendering shared by commands: the per-edit metrics table and run summaries."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from odedit.editing import EditRun
+
+console = Console()
+METRICS = [("reliability", "Rel"), ("t_generality", "T-Gen"), ("m_generality", "M-Gen"),
+           ("t_locality", "T-Loc"), ("m_locality", "M-Loc")]
+
+
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.0f}"
+
+
+def edit_table(run: EditRun) -> Table:
+    title = f"{run.config.method} - {'sequential' if run.sequential else 'single'} edits (before -> after, %)"
+    table = Table(title=title, show_lines=False)
+    table.add_column("request")
+    table.add_column("answer before -> after")
+    for _, short in METRICS:
+        table.add_column(short, justify="right")
+    table.add_column("steps", justify="right")
+    table.add_column("s", justify="right")
+    for r in run.records:
+        if r.status != "ok":
+            table.add_row(r.request_id, f"[red]{r.status}[/]: {(r.error or '').splitlines()[0][:60]}",
+                          *["-"] * len(METRICS), str(r.steps), f"{r.seconds:.2f}")
+            continue
+        cells = [f"{_pct(getattr(r.pre, k))}->{_pct(getattr(r.post, k))}" for k, _ in METRICS]
+        table.add_row(r.request_id, f"{r.answer_before} -> {r.answer_after} (target {r.target})",
+                      *cells, str(r.steps), f"{r.seconds:.2f}")
+    s = run.summary()
+    table.add_section()
+    table.add_row("mean", f"{s['ok']}/{s['edits']} ok",
+                  *[f"{_pct(s.get('pre.' + k))}->{_pct(s.get('post.' + k))}" for k, _ in METRICS],
+                  "", f"{s['seconds_per_edit']:.2f}" if s["seconds_per_edit"] else "-")
+    if run.retention is not None:
+        table.caption = f"retention of earlier edits after the last: {100 * run.retention:.1f}%"
+    return table

@@ -1,0 +1,44 @@
+"""Where ODEdit's OUT (locality) training probes come from.
+
+For the embedded model the seeded world it was pretrained on supplies unrelated facts; for any
+other model, the batch's other edit prompts with the model's own current answers are used.
+Neither source is ever a request's held-out probe (`odedit.environments` filters those)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Sequence
+
+from odedit.models.adapter import MLLMAdapter, Sample
+from schemas.request import EditRequest
+
+POOL_SIZE = 64
+
+
+def world_of(model_dir: str | Path):
+    """The World a model directory was pretrained on (from its train_report.json), or None."""
+    report = Path(model_dir) / "train_report.json"
+    if not report.is_file():
+        return None
+    from odedit.models.world import World
+
+    data = json.loads(report.read_text())
+    seed = data.get("world", {}).get("seed", data.get("seed", 0))
+    return World(seed=seed)
+
+
+def locality_pool_for(
+    adapter: MLLMAdapter, model_ref: str | Path, requests: Sequence[EditRequest],
+    image_root: str | Path | None, seed: int = 0,
+) -> Callable[[EditRequest], Sequence[Sample]] | list[Sample]:
+    world = world_of(model_ref) if Path(str(model_ref)).is_dir() else None
+    if world is not None:
+        return lambda req: world.locality_pool(POOL_SIZE, req.subject or "", seed=seed)
+    from odedit.environments import load_image
+
+    pool = []
+    for req in requests:
+        image = load_image(req.image, image_root)
+        pool.append(Sample(req.src, adapter.answer(req.src, image, max_new_tokens=4) or req.alt, image))
+    return pool
