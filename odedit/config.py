@@ -27,6 +27,7 @@ class BaseEditorConfig:
     lora_rank: int = 4
     lora_alpha: float = 8.0
     with_eos: bool = False  # append EOS to the target when optimising (PRODUCT)
+    cache_prefix: bool = True  # run the frozen layers below the edit once per edit (speed only)
 
 
 @dataclass

@@ -1,40 +1,68 @@
-"""All samples of an edit's environments packed into one forward pass per modality
-(image / text-only), with the rows each environment owns."""
+"""All samples of an edit's environments packed for one forward pass per step.
+
+Samples are encoded per modality (image / text-only). When the model supports it, the frozen
+prefix (vision tower, projector, embeddings, decoder layers below the edited one) is run ONCE
+and cached, and the two modalities are merged into a single batch of cached hidden states, so
+each optimisation step runs only the decoder layers from the edited one up."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from odedit.environments import Environment
-from odedit.models.adapter import Encoded, MLLMAdapter
+from odedit.models.adapter import IGNORE_INDEX, Encoded, MLLMAdapter
 
 
 @dataclass
 class EnvRows:
     env: Environment
-    group: str  # "image" | "text"
+    group: str  # "image" | "text" | "all" (merged)
     rows: torch.Tensor  # row indices in that group's batch
 
 
+def _pad_right(t: torch.Tensor, length: int, value) -> torch.Tensor:
+    pad = length - t.shape[1]
+    if pad == 0:
+        return t
+    spec = (0, 0, 0, pad) if t.dim() == 3 else (0, pad)
+    return F.pad(t, spec, value=value)
+
+
+def merge_prefixed(parts: list[Encoded]) -> Encoded:
+    """Concatenate prefix-cached batches along the batch axis (right-padding the time axis)."""
+    length = max(p.labels.shape[1] for p in parts)
+    mask = torch.cat([_pad_right(p.inputs["attention_mask"], length, 0) for p in parts])
+    labels = torch.cat([_pad_right(p.labels, length, IGNORE_INDEX) for p in parts])
+    prefix = torch.cat([_pad_right(p.prefix, length, 0.0) for p in parts])
+    return Encoded({"attention_mask": mask}, labels, prefix, parts[0].prefix_layer)
+
+
 class EnvBatch:
-    def __init__(self, adapter: MLLMAdapter, envs: list[Environment], with_eos: bool = False):
+    def __init__(self, adapter: MLLMAdapter, envs: list[Environment], with_eos: bool = False,
+                 prefix_layer: int | None = None):
         samples = {"image": [], "text": []}
-        self.rows: list[EnvRows] = []
+        placed: list[tuple[Environment, str, list[int]]] = []
         for env in envs:
             by_group = {"image": [], "text": []}
             for s in env.samples:
                 group = "image" if s.image is not None else "text"
                 by_group[group].append(len(samples[group]))
                 samples[group].append(s)
-            for group, idx in by_group.items():
-                if idx:
-                    self.rows.append(EnvRows(env, group, torch.tensor(idx)))
-        self.encoded: dict[str, Encoded] = {
-            g: adapter.encode(s, with_eos=with_eos) for g, s in samples.items() if s
-        }
+            placed += [(env, g, idx) for g, idx in by_group.items() if idx]
+        encoded = {g: adapter.encode(s, with_eos=with_eos) for g, s in samples.items() if s}
+        if prefix_layer is not None and adapter.supports_prefix_cache and prefix_layer > 0:
+            encoded = {g: adapter.cache_prefix(e, prefix_layer) for g, e in encoded.items()}
+            offsets, total = {}, 0
+            for g, e in encoded.items():
+                offsets[g], total = total, total + e.size
+            placed = [(env, "all", [i + offsets[g] for i in idx]) for env, g, idx in placed]
+            encoded = {"all": merge_prefixed(list(encoded.values()))}
+        self.encoded: dict[str, Encoded] = encoded
+        self.rows = [EnvRows(env, g, torch.tensor(idx)) for env, g, idx in placed]
 
     def forward(self, adapter: MLLMAdapter, scale: torch.Tensor | None = None):
-        """{group: (hidden, logits)} for every non-empty group."""
+        """{group: (hidden, logits)} for every group."""
         return {g: adapter.hidden_and_logits(enc, scale) for g, enc in self.encoded.items()}

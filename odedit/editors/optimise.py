@@ -60,7 +60,8 @@ def optimise_edit(adapter: MLLMAdapter, envset: EnvironmentSet, config: EditConf
     params = editor.begin()
     envs = envset.train if config.uses_odedit else [envset.env("IN")]
     try:
-        batch = EnvBatch(adapter, envs, with_eos=config.base.with_eos)
+        batch = EnvBatch(adapter, envs, with_eos=config.base.with_eos,
+                         prefix_layer=editor.layer if config.base.cache_prefix else None)
         objective = (ODEditObjective(adapter, batch, params, config.odedit, config.seed)
                      if config.uses_odedit else PlainObjective(adapter, batch))
         opt = torch.optim.Adam(params, lr=config.base.lr)

@@ -30,12 +30,23 @@ class Sample:
     image: Image.Image | None = None
 
 
+# Model types whose decoder takes plain sequential positions, so a batch may enter the decoder
+# mid-way from cached hidden states (see `MLLMAdapter.cache_prefix`). Others (e.g. Qwen2-VL's
+# multimodal rotary positions) always take the full forward path.
+PREFIX_CACHE_MODEL_TYPES = {"llava", "llava_next", "idefics3", "smolvlm", "idefics2"}
+
+
 @dataclass
 class Encoded:
-    """A tokenised batch: model inputs plus labels (-100 outside the target tokens)."""
+    """A tokenised batch: model inputs plus labels (-100 outside the target tokens).
+
+    `prefix` optionally holds the hidden states entering decoder layer `prefix_layer`, computed
+    once with every earlier module frozen (vision tower, projector, embeddings, lower layers)."""
 
     inputs: dict
     labels: torch.Tensor
+    prefix: torch.Tensor | None = None
+    prefix_layer: int = 0
 
     @property
     def size(self) -> int:
@@ -44,6 +55,21 @@ class Encoded:
 
 class ModelLoadError(ValueError):
     pass
+
+
+class _PrefixCaptured(Exception):
+    """Stops a forward pass once the cached prefix has been captured."""
+
+
+class _Inject(torch.nn.Module):
+    """Stands in for the frozen lower decoder layers: returns the cached hidden states."""
+
+    def __init__(self, hidden: torch.Tensor):
+        super().__init__()
+        self.hidden = hidden
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return self.hidden
 
 
 class MLLMAdapter:
@@ -126,9 +152,50 @@ class MLLMAdapter:
         return Encoded(inputs=inputs, labels=labels.to(self.device))
 
     # ------------------------------------------------------------------ forward
+    @property
+    def supports_prefix_cache(self) -> bool:
+        return getattr(self.model.config, "model_type", "") in PREFIX_CACHE_MODEL_TYPES
+
+    def _language_model(self):
+        return self.model.model.language_model
+
+    @torch.no_grad()
+    def cache_prefix(self, enc: Encoded, layer: int) -> Encoded:
+        """`enc` plus the (frozen) hidden states entering decoder layer `layer`; later forwards
+        of the result run only layers >= `layer`. A no-op where the model type is unsupported."""
+        if not self.supports_prefix_cache or layer <= 0:
+            return enc
+        captured = {}
+
+        def grab(_module, args, kwargs):
+            captured["h"] = (args[0] if args else kwargs["hidden_states"]).detach()
+            raise _PrefixCaptured
+
+        handle = self.decoder_layers()[layer].register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            self.model.model(**enc.inputs, use_cache=False)
+        except _PrefixCaptured:
+            pass
+        finally:
+            handle.remove()
+        return Encoded(enc.inputs, enc.labels, captured["h"], layer)
+
+    def _decoder_from_prefix(self, enc: Encoded):
+        lm = self._language_model()
+        full = lm.layers
+        lm.layers = torch.nn.ModuleList([_Inject(enc.prefix)] + list(full[enc.prefix_layer:]))
+        try:
+            return lm(inputs_embeds=torch.zeros_like(enc.prefix),
+                      attention_mask=enc.inputs["attention_mask"], use_cache=False)
+        finally:
+            lm.layers = full
+
     def hidden_and_logits(self, enc: Encoded, scale: torch.Tensor | None = None):
         """Last hidden state (optionally multiplied by `scale`) and the LM-head logits."""
-        out = self.model.model(**enc.inputs)
+        if enc.prefix is not None:
+            out = self._decoder_from_prefix(enc)
+        else:
+            out = self.model.model(**enc.inputs, use_cache=False)
         hidden = out.last_hidden_state
         if scale is not None:
             hidden = hidden * scale
