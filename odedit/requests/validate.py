@@ -106,7 +106,9 @@ def row_issues(payload: Mapping[str, Any]) -> list[Issue]:
     if sa is not None and not isinstance(sa, (str, datetime)):
         issues.append(Issue("submitted_at", Reason.WRONG_TYPE, f"expected an ISO-8601 timestamp, got {_type_name(sa)}"))
     for group in (("loc", "loc_ans"), ("m_loc", "m_loc_q", "m_loc_a")):
-        counts = {g: lengths[g] for g in group if g in lengths}
+        if not any(lengths.get(g) for g in group):
+            continue
+        counts = {g: lengths.get(g, 0) for g in group}  # an absent partner counts as 0
         if len(set(counts.values())) > 1:
             desc = ", ".join(f"{g}={c}" for g, c in counts.items())
             issues.append(Issue(group[-1], Reason.PROBE_MISMATCH, f"locality probes differ in count ({desc})"))
