@@ -61,4 +61,5 @@ class ValidationReport(BaseModel):
     images_checked: bool = True
     started_at: datetime
     duration_s: float = Field(ge=0)
+    phases_s: dict[str, float] = Field(default_factory=dict, description="seconds per phase (read, row_checks, table, gx_suite, images, model)")
     artifacts: dict[str, str] = Field(default_factory=dict, description="name -> path of written files")

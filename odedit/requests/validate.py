@@ -181,7 +181,17 @@ def validate_batch(
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     limits = limits or ValidationLimits()
+    phases: dict[str, float] = {}
+    tick = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal tick
+        now = time.perf_counter()
+        phases[name] = round(now - tick, 4)
+        tick = now
+
     raw, default_id, source = _load_rows(rows_or_path)
+    lap("read")
     batch_id = batch_id or default_id
     if not raw:
         raise EmptyBatchError(f"{source or 'batch'}: the batch is empty (no rows to validate)")
@@ -190,13 +200,16 @@ def validate_batch(
     for r in raw:
         if not issues[r.index] and isinstance(r.payload, Mapping):
             issues[r.index].extend(row_issues(r.payload))
+    lap("row_checks")
 
     # The table: rows that are well-formed objects with well-typed fields.
     from odedit.requests.gx_suite import build_table, run_suite
 
     table_rows = [(r.index, r.payload) for r in raw if not issues[r.index]]
     df = build_table(table_rows, limits)
+    lap("table")
     outcome = run_suite(df, limits)
+    lap("gx_suite")
     for idx, found in outcome.issues.items():
         issues[idx].extend(found)
 
@@ -204,6 +217,7 @@ def validate_batch(
         checker = ImageChecker(image_roots, limits.max_image_bytes, limits.max_image_pixels, decode=check_images)
         for idx, payload in table_rows:
             issues[idx].extend(_image_issues(payload, checker))
+    lap("images")
 
     accepted: list[EditRequest] = []
     rejected: list[RejectedRow] = []
@@ -223,12 +237,13 @@ def validate_batch(
             payload=r.original,
         ))
 
+    lap("model")
     report = ValidationReport(
         batch_id=batch_id, source=source, rows_in=len(raw), accepted=len(accepted), rejected=len(rejected),
         rejected_by_reason=dict(Counter(x.reason for x in rejected).most_common()),
         issues_by_reason=dict(Counter(i.reason for x in rejected for i in x.issues).most_common()),
         gx_success=outcome.success, limits=limits.to_dict(), images_checked=check_images,
-        started_at=started, duration_s=round(time.perf_counter() - t0, 4),
+        started_at=started, duration_s=round(time.perf_counter() - t0, 4), phases_s=phases,
     )
     assert report.rows_in == report.accepted + report.rejected  # quarantine, not loss
     result = ValidationResult(accepted, rejected, report, outcome.result)
