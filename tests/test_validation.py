@@ -404,6 +404,6 @@ def test_cli_exit_codes_and_json(root, tmp_path):
     r = runner.invoke(app, ["validate", str(empty), "--json", *common])
     assert r.exit_code == 2 and "empty" in json.loads(r.stdout)["error"]
     r = runner.invoke(app, ["validate", str(tmp_path / "missing.jsonl"), *common])
-    assert r.exit_code == 2 and "no such file" in r.output
+    assert r.exit_code == 2 and "missing.jsonl: no such file" in r.output
     r = runner.invoke(app, ["validate", str(good), "--model", str(tmp_path / "no_model_here")])
     assert r.exit_code == 2 and "cannot read tokenizer" in r.output

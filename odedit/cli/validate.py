@@ -84,7 +84,7 @@ def validate(
         if json_out:
             typer.echo(json.dumps({"error": msg, "exit_code": 2}))
         else:
-            err_console.print(f"[red]error[/]: {msg}")
+            err_console.print(f"[red]error[/]: {msg}", soft_wrap=True)
         raise typer.Exit(2)
 
     try:
@@ -108,7 +108,8 @@ def validate(
             console.print(f"[yellow]note[/]: {note}")
         console.print(summary_table(report))
         for r in result.rejected[:show]:
-            console.print(Text.assemble(("rejected ", "red"), f"[{r.reason}] {r.message}"), highlight=False)
+            console.print(Text.assemble(("rejected ", "red"), f"[{r.reason}] {r.message}"), highlight=False,
+                          soft_wrap=True)
         if len(result.rejected) > show:
             console.print(f"... and {len(result.rejected) - show} more (see {report.artifacts.get('quarantine')})")
         console.print(f"artifacts in {out}: quarantine.parquet, accepted.jsonl, gx_result.json, report.json")
