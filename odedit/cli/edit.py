@@ -37,9 +37,8 @@ def _config(method: str, seed: int, steps: Optional[int], lr: Optional[float], l
 
 def _load_model(model: Optional[str], device: Optional[str]):
     from odedit.models.adapter import MLLMAdapter, ModelLoadError
-    from odedit.models.embedded import default_model_path
 
-    ref = model or str(default_model_path())
+    ref = model or _default_model_ref()
     try:
         with console.status(f"loading model {ref}"):
             return ref, MLLMAdapter.load(ref, device=device)
@@ -48,13 +47,11 @@ def _load_model(model: Optional[str], device: Optional[str]):
         raise typer.Exit(2)
 
 
-def execute(requests, image_root, model: Optional[str], cfg: EditConfig, sequential: bool,
-            out: Path, device: Optional[str] = None):
-    """Load the model, run the edits with a progress bar, print the table, save deltas."""
+def execute(requests, image_root, ref: str, adapter, cfg: EditConfig, sequential: bool, out: Path):
+    """Run the edits with a progress bar, print the table, save deltas and edits.json."""
     from odedit.editing import run_edits
     from odedit.pools import locality_pool_for
 
-    ref, adapter = _load_model(model, device)
     console.print(f"model [bold]{ref}[/] on {adapter.device}; method [bold]{cfg.method}[/]; "
                   f"{len(requests)} request(s), {'sequential' if sequential else 'single'} editing")
     pool = locality_pool_for(adapter, ref, requests, image_root, seed=cfg.seed)
@@ -77,31 +74,39 @@ def execute(requests, image_root, model: Optional[str], cfg: EditConfig, sequent
     return run
 
 
-def _read_jsonl(path: Path):
-    """Requests from JSONL; a malformed row is reported with its id/line and field and skipped."""
-    from pydantic import ValidationError
+def _validated(path: Path, image_root: Path, model_ref: str, out: Path):
+    """Requests that pass validation; each rejected row is printed with its id, field and reason
+    and kept in OUT/validation/quarantine.parquet (nothing is lost)."""
+    from odedit.requests import BatchError, ValidationLimits, validate_batch
 
-    from schemas.request import EditRequest
+    try:
+        limits = ValidationLimits.from_model(model_ref)
+    except Exception:  # limits are a guard, not a reason to refuse the batch
+        limits = ValidationLimits()
+    try:
+        result = validate_batch(path, [image_root], limits, out_dir=out / "validation")
+    except BatchError as exc:
+        console.print(f"[red]error[/] {path}: {exc}")
+        raise typer.Exit(2)
+    for rej in result.rejected:
+        console.print(f"[red]rejected[/] request {rej.row_id}, field {rej.field}: "
+                      f"{rej.reason} - {rej.message}")
+    if result.rejected:
+        console.print(f"{len(result.rejected)} rejected row(s) kept in "
+                      f"{out / 'validation' / 'quarantine.parquet'}")
+    return result.accepted, result.rejected
 
-    good, bad = [], []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            raw = json.loads(line)
-            good.append(EditRequest.model_validate(raw))
-        except json.JSONDecodeError as exc:
-            bad.append((f"line {n}", "-", f"not valid JSON: {exc.msg}"))
-        except ValidationError as exc:
-            rid = raw.get("id", f"line {n}") if isinstance(raw, dict) else f"line {n}"
-            for err in exc.errors():
-                bad.append((rid, ".".join(map(str, err["loc"])) or "-", err["msg"]))
-    return good, bad
+
+def _default_model_ref() -> str:
+    from odedit.models.embedded import default_model_path
+
+    return str(default_model_path())
 
 
 @app.command()
 def edit(
-    requests: Path = typer.Argument(..., exists=True, dir_okay=False, help="Edit requests (JSONL)."),
+    requests: Path = typer.Argument(..., exists=True, dir_okay=False,
+                                    help="Edit requests: JSONL, Parquet or MMEdit JSON."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
     method: str = typer.Option("odedit-ft-l", "--method", help=f"One of: {', '.join(METHODS)}."),
     image_root: Optional[Path] = typer.Option(None, help="Directory image paths are relative to "
@@ -118,13 +123,13 @@ def edit(
     """Edit a model with a batch of requests; print Rel/T-Gen/M-Gen/T-Loc/M-Loc before -> after
     per edit, and write each edit's delta (only the changed tensors) to OUT/deltas/ID/."""
     cfg = _config(method, seed, steps, lr, layer, config_file)
-    good, bad = _read_jsonl(requests)
-    for rid, field, msg in bad:
-        console.print(f"[red]rejected[/] request {rid}, field {field}: {msg}")
+    root = image_root or requests.parent
+    ref, adapter = _load_model(model, device)  # a bad --model fails before any work
+    good, bad = _validated(requests, root, ref, out)
     if not good:
         console.print("[red]error[/]: no valid request to edit")
         raise typer.Exit(2)
-    execute(good, image_root or requests.parent, model, cfg, sequential, out, device)
+    execute(good, root, ref, adapter, cfg, sequential, out)
     if bad:
         raise typer.Exit(1)
 
@@ -147,4 +152,5 @@ def demo(
     (out / "requests.jsonl").write_text("".join(r.model_dump_json() + "\n" for r in reqs))
     console.print(f"generated {n} world edit request(s) -> {out / 'requests.jsonl'} "
                   f"({time.perf_counter() - t0:.1f}s)")
-    execute(reqs, out / "images", None, _config(method, seed, None, None, None, None), False, out)
+    ref, adapter = _load_model(None, None)
+    execute(reqs, out / "images", ref, adapter, _config(method, seed, None, None, None, None), False, out)
