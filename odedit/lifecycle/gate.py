@@ -1,0 +1,181 @@
+"""The promotion gate: thresholds per deployment, checked on held-out probes, plus a
+regression check on the champion's fixed probe set. Pure functions; no Prefect, no MLflow.
+
+Two kinds of evidence decide a batch:
+  1. the post-edit EditScores of every successful edit. `run_edits` measures them on the
+     request's HELD-OUT probes (rephrasings, other images, unrelated facts) that optimisation
+     never saw, so they are exactly the generality/locality a user will get;
+  2. a regression check: the answers of the champion on a fixed probe set (stored with the
+     registered model at bootstrap) must not change, except probes about a subject the batch
+     edited on purpose.
+
+A config file maps deployment names to thresholds; `default` applies where a deployment has
+no entry, and a deployment's entry overrides `default` key by key.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
+
+SCORES = ("reliability", "t_generality", "m_generality", "t_locality", "m_locality")
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "gate.yaml"
+
+
+@dataclass
+class GateConfig:
+    aggregate: dict[str, float] = field(default_factory=dict)  # mean post score over ok edits >=
+    per_edit: dict[str, float] = field(default_factory=dict)  # every ok edit's post score >=
+    max_regression_fraction: float = 0.0  # champion probes allowed to change (outside edited subjects)
+    min_ok_edits: int = 1  # fewer successful edits than this fails the gate
+
+    def __post_init__(self):
+        for name in list(self.aggregate) + list(self.per_edit):
+            if name not in SCORES:
+                raise ValueError(f"unknown score {name!r} in gate config; use one of {', '.join(SCORES)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _read(path: Path) -> dict:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        return yaml.safe_load(text) or {}
+    if path.suffix == ".toml":
+        import tomllib
+
+        return tomllib.loads(text)
+    return json.loads(text)
+
+
+def load_gate_config(path: str | Path | None = None, deployment: str | None = None) -> GateConfig:
+    """Thresholds of `deployment` from a YAML/TOML/JSON file (default configs/gate.yaml)."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    data = _read(path)
+    merged: dict = {}
+    sections = [data.get("default", {})]
+    if deployment and deployment in data.get("deployments", {}):
+        sections.append(data["deployments"][deployment])
+    for sec in sections:
+        for k, v in (sec or {}).items():
+            merged[k] = (dict(merged.get(k, {})) | dict(v)) if isinstance(v, Mapping) and v else (dict(v) if isinstance(v, Mapping) else v)
+    return GateConfig(**merged)
+
+
+@dataclass
+class Probe:
+    """A fixed regression probe: a prompt, an optional image (path relative to the probe
+    set's directory), and the subject it is about (probes of edited subjects may change)."""
+
+    id: str
+    prompt: str
+    image: str | None = None
+    subject: str | None = None
+
+
+def probes_to_jsonl(probes: Iterable[Probe]) -> str:
+    return "".join(json.dumps(asdict(p)) + "\n" for p in probes)
+
+
+def probes_from_jsonl(text: str) -> list[Probe]:
+    return [Probe(**json.loads(line)) for line in text.splitlines() if line.strip()]
+
+
+def world_probes(world, image_dir: str | Path, per_entity: int = 2, seed: int = 0) -> list[Probe]:
+    """A fixed probe set from the embedded model's world: for each entity one image question
+    and one text question (per_entity=2), rendered images saved under `image_dir`."""
+    import numpy as np
+
+    from odedit.models.world import IMAGE_KINDS, TEXT_KINDS
+
+    rng = np.random.default_rng([world.seed, 23, seed])
+    out: list[Probe] = []
+    for ent in world.entities:
+        for j in range(per_entity):
+            if j % 2 == 0:
+                kind = IMAGE_KINDS[int(rng.integers(len(IMAGE_KINDS)))]
+                img = world.save_image(ent, int(rng.choice(world.train_views)), image_dir)
+                out.append(Probe(f"p{len(out):03d}", world.question(ent, kind, True, False, rng), img, ent.name))
+            else:
+                kind = TEXT_KINDS[int(rng.integers(len(TEXT_KINDS)))]
+                out.append(Probe(f"p{len(out):03d}", world.question(ent, kind, False, False, rng), None, ent.name))
+    return out
+
+
+def regression_check(probes: list[Probe], champion: Mapping[str, str], candidate: Mapping[str, str],
+                     edited_subjects: Iterable[str]) -> dict:
+    """Which fixed probes changed their answer between champion and candidate, ignoring
+    probes about a subject the candidate edited on purpose."""
+    edited = {s.lower() for s in edited_subjects if s}
+    checked, changed = [], []
+    for p in probes:
+        if p.subject and p.subject.lower() in edited:
+            continue
+        checked.append(p.id)
+        if champion.get(p.id) != candidate.get(p.id):
+            changed.append({"probe": p.id, "prompt": p.prompt, "image": p.image,
+                            "champion": champion.get(p.id), "candidate": candidate.get(p.id)})
+    frac = len(changed) / len(checked) if checked else 0.0
+    return {"checked": len(checked), "changed": changed, "changed_fraction": frac}
+
+
+@dataclass
+class GateVerdict:
+    passed: bool
+    reasons: list[str]
+    metrics: dict[str, float | None]
+    config: dict
+    edits_ok: int = 0
+    edits_failed: int = 0
+    regression: dict | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _num(v) -> float | None:
+    if v is None:
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def evaluate_gate(records: list[Mapping], cfg: GateConfig, regression: dict | None = None) -> GateVerdict:
+    """Verdict on a batch from its edit records (EditRecord.to_dict()) and regression result.
+
+    Only successful edits enter the candidate; diverged/errored edits are left out of it (and
+    stay pending for a rerun), they do not fail the gate on their own."""
+    ok = [r for r in records if r.get("status") == "ok"]
+    reasons: list[str] = []
+    metrics: dict[str, float | None] = {}
+    for name in SCORES:
+        vals = [_num((r.get("post") or {}).get(name)) for r in ok]
+        vals = [v for v in vals if v is not None]
+        metrics[f"post.{name}"] = math.fsum(vals) / len(vals) if vals else None
+        pre = [_num((r.get("pre") or {}).get(name)) for r in ok]
+        pre = [v for v in pre if v is not None]
+        metrics[f"pre.{name}"] = math.fsum(pre) / len(pre) if pre else None
+    if len(ok) < cfg.min_ok_edits:
+        reasons.append(f"only {len(ok)} successful edit(s); the gate needs at least {cfg.min_ok_edits}")
+    for name, floor in cfg.aggregate.items():
+        v = metrics[f"post.{name}"]
+        if v is not None and v < floor:
+            reasons.append(f"mean held-out {name} {v:.3f} < {floor}")
+    for name, floor in cfg.per_edit.items():
+        for r in ok:
+            v = _num((r.get("post") or {}).get(name))
+            if v is not None and v < floor:
+                reasons.append(f"edit {r.get('request_id')}: held-out {name} {v:.3f} < {floor}")
+    if regression is not None:
+        metrics["regression.changed_fraction"] = regression["changed_fraction"]
+        if regression["changed_fraction"] > cfg.max_regression_fraction:
+            reasons.append(
+                f"{len(regression['changed'])}/{regression['checked']} champion probe answer(s) changed "
+                f"({regression['changed_fraction']:.3f} > {cfg.max_regression_fraction})")
+    return GateVerdict(not reasons, reasons, metrics, cfg.to_dict(), len(ok), len(records) - len(ok), regression)

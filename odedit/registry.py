@@ -1,0 +1,349 @@
+"""The MLflow side of odedit, and the one library module that imports mlflow.
+
+It owns: connecting (a local SQLite store + file artifacts under the state directory by
+default, any tracking URI by configuration), one MLflow run per batch (params, metrics,
+artifacts), registered model versions (base reference + composed delta, logged as a
+models-from-code pyfunc, see `odedit.registry_model`), their lineage (`odedit.parent_version`
+tags), the `champion` / `candidate` aliases, and reading all of it back for the audit history.
+
+Versions are never mutated: only aliases and tags change after creation. A version is created
+with all its tags in ONE call (`register_model(..., tags=...)`), so a crash leaves either no
+version or a complete one; a complete version whose `candidate` alias was not set yet is
+repaired by `repair_candidate` on the next batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable
+
+import mlflow
+from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException, RestException
+from mlflow.models.signature import ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types.schema import ColSpec, Schema
+
+from odedit.lifecycle import state
+
+T = "odedit."
+CHAMPION, CANDIDATE = "champion", "candidate"
+MODEL_CODE = Path(__file__).with_name("registry_model.py")
+SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", "image", required=False), ColSpec("string", "prompt")]),
+                           outputs=Schema([ColSpec("string", "answer")]))
+PIP = ["torch==2.13.0", "transformers>=5.23,<5.24", "mlflow>=3.17,<3.18", "pillow", "pandas"]
+
+
+class RegistryError(RuntimeError):
+    pass
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ----------------------------------------------------------------------------- connection
+def connect(tracking_uri: str | None = None) -> MlflowClient:
+    """Point mlflow at `tracking_uri` (default: MLFLOW_TRACKING_URI or the state dir's SQLite)."""
+    uri = tracking_uri or state.tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return MlflowClient(uri, uri)
+
+
+def experiment_id(client: MlflowClient, name: str = state.EXPERIMENT) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    local = client.tracking_uri.startswith("sqlite:") or client.tracking_uri.startswith("file:")
+    try:
+        return client.create_experiment(name, artifact_location=state.artifact_root() if local else None)
+    except MlflowException:  # created concurrently
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def code_revision() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or "unknown" if out.returncode == 0 else "unknown"
+    except Exception:
+        return "unknown"
+
+
+def base_ref_for(model: str | Path | None) -> str:
+    """How a version names its base: `odedit:embedded` for the shipped model, else the path/id."""
+    from odedit.registry_model import EMBEDDED_REF
+
+    if model is None:
+        return EMBEDDED_REF
+    try:
+        from odedit.models.embedded import default_model_path
+
+        if Path(model).resolve() == default_model_path().resolve():
+            return EMBEDDED_REF
+    except FileNotFoundError:
+        pass
+    p = Path(str(model)).expanduser()
+    return str(p.resolve()) if p.exists() else str(model)
+
+
+# ----------------------------------------------------------------------------- reading
+def model_exists(client: MlflowClient, name: str) -> bool:
+    try:
+        client.get_registered_model(name)
+        return True
+    except MlflowException:
+        return False
+
+
+def alias_version(client: MlflowClient, name: str, alias: str):
+    """The ModelVersion an alias points at, or None."""
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def aliases(client: MlflowClient, name: str) -> dict[str, str]:
+    return dict(client.get_registered_model(name).aliases)
+
+
+def get_version(client: MlflowClient, name: str, version: str | int):
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        raise RegistryError(f"{name} has no version {version}") from exc
+
+
+def all_versions(client: MlflowClient, name: str) -> list:
+    vs = client.search_model_versions(f"name = '{name}'", max_results=10000)
+    return sorted(vs, key=lambda v: int(v.version))
+
+
+def registered_hashes(client: MlflowClient, name: str) -> dict[str, str]:
+    """request hash -> version, over every version of `name` (promoted or not)."""
+    out: dict[str, str] = {}
+    if not model_exists(client, name):
+        return out
+    for v in all_versions(client, name):
+        for h in json.loads(v.tags.get(T + "request_hashes", "[]")):
+            out.setdefault(h, v.version)
+    return out
+
+
+def lineage(client: MlflowClient, name: str, version: str | int) -> list:
+    """The version and its ancestors via parent tags, newest first, base (version 1) last."""
+    chain, seen = [], set()
+    v = get_version(client, name, version)
+    while v is not None and v.version not in seen:
+        seen.add(v.version)
+        chain.append(v)
+        parent = v.tags.get(T + "parent_version")
+        v = get_version(client, name, parent) if parent else None
+    return chain
+
+
+def base_ref(client: MlflowClient, name: str) -> str:
+    return client.get_registered_model(name).tags[T + "base_ref"]
+
+
+def download_delta(client: MlflowClient, name: str, version: str | int, dst: str | Path) -> Path:
+    """The composed delta (relative to the base) of a version, downloaded under `dst`."""
+    get_version(client, name, version)
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    path = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dst),
+                                               tracking_uri=client.tracking_uri)
+    return Path(path) / "artifacts" / "delta"
+
+
+def download_probes(client: MlflowClient, name: str, dst: str | Path):
+    """(probes, image_dir) of the model's fixed regression probe set."""
+    from odedit.lifecycle.gate import probes_from_jsonl
+
+    run_id = client.get_registered_model(name).tags.get(T + "probes_run")
+    if not run_id:
+        return [], None
+    path = Path(client.download_artifacts(run_id, "probes", str(dst)))
+    return probes_from_jsonl((path / "probes.jsonl").read_text()), path / "images"
+
+
+def run_json(client: MlflowClient, run_id: str, artifact: str) -> dict | list | None:
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            p = client.download_artifacts(run_id, artifact, tmp)
+        except Exception:
+            return None
+        return json.loads(Path(p).read_text())
+
+
+def champion_history(client: MlflowClient, name: str) -> list[dict]:
+    return json.loads(client.get_registered_model(name).tags.get(T + "champion_history", "[]"))
+
+
+def runs_mentioning(client: MlflowClient, request_id: str) -> list:
+    """Batch runs whose request ids include `request_id`, newest first."""
+    exp = client.get_experiment_by_name(state.EXPERIMENT)
+    if exp is None:
+        return []
+    needle = json.dumps(request_id).replace("'", "''")
+    return client.search_runs([exp.experiment_id], f"tags.`{T}request_ids` LIKE '%{needle}%'",
+                              order_by=["attributes.start_time DESC"], max_results=1000)
+
+
+# ----------------------------------------------------------------------------- writing
+def _set_champion(client: MlflowClient, name: str, version: str, action: str, note: str = "") -> None:
+    hist = champion_history(client, name)
+    prev = alias_version(client, name, CHAMPION)
+    hist.append({"version": str(version), "from": prev.version if prev else None, "action": action,
+                 "at": now(), "by": os.environ.get("USER", "unknown"), "note": note})
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    client.set_registered_model_tag(name, T + "champion_history", json.dumps(hist[-200:]))
+    client.set_model_version_tag(name, str(version), T + f"last_{action}_at", now())
+
+
+def log_version(client: MlflowClient, run_id: str, name: str, base: str, delta_dir: Path, tags: dict,
+                chain: list[str]) -> str:
+    """Log the pyfunc (base reference + composed delta) to `run_id` and register it as a new
+    version of `name` with all its tags in one call. Returns the version number."""
+    with tempfile.TemporaryDirectory() as tmp:
+        lin = Path(tmp) / "lineage.json"
+        lin.write_text(json.dumps({"base_ref": base, "model": name, "chain": chain,
+                                   "parent_version": tags.get(T + "parent_version")}, indent=2))
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=str(MODEL_CODE),
+                artifacts={"delta": str(delta_dir), "lineage": str(lin)},
+                pip_requirements=PIP, signature=SIGNATURE,
+            )
+    mv = mlflow.register_model(info.model_uri, name, tags={k: str(v) for k, v in tags.items()})
+    return mv.version
+
+
+def init_model(client: MlflowClient, name: str, model: str | Path | None, probes, probe_dir: Path | None) -> str:
+    """Register version 1 = the base model itself (empty delta) and make it champion. The
+    fixed regression probe set is logged with it. Idempotent: returns the existing champion."""
+    from odedit.delta import Delta
+    from odedit.lifecycle.gate import probes_to_jsonl
+
+    if model_exists(client, name) and alias_version(client, name, CHAMPION):
+        return alias_version(client, name, CHAMPION).version
+    base = base_ref_for(model)
+    exp = experiment_id(client)
+    run = client.create_run(exp, run_name=f"{name}-init", tags={T + "kind": "init", T + "model_name": name})
+    with tempfile.TemporaryDirectory() as tmp:
+        pdir = Path(tmp) / "probes"
+        (pdir / "images").mkdir(parents=True)
+        (pdir / "probes.jsonl").write_text(probes_to_jsonl(probes))
+        if probe_dir:
+            for p in probes:
+                if p.image:
+                    target = pdir / "images" / p.image
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes((Path(probe_dir) / p.image).read_bytes())
+        client.log_artifacts(run.info.run_id, str(pdir), "probes")
+        client.log_param(run.info.run_id, "base_model", base)
+        client.log_param(run.info.run_id, "code_revision", code_revision())
+        ddir = Delta({}, {}, {"kind": "base"}).save(Path(tmp) / "delta")
+        if not model_exists(client, name):
+            try:
+                client.create_registered_model(name, tags={T + "base_ref": base, T + "probes_run": run.info.run_id},
+                                               description="odedit: a base model and its audited edits")
+            except MlflowException:
+                pass
+        version = log_version(client, run.info.run_id, name, base, ddir,
+                              {T + "kind": "base", T + "request_hashes": "[]", T + "request_ids": "[]",
+                               T + "run_id": run.info.run_id, T + "gate": "base", T + "created_at": now()}, [])
+    client.set_terminated(run.info.run_id, "FINISHED")
+    _set_champion(client, name, version, "init", "bootstrap: the base model")
+    return version
+
+
+def start_batch_run(client: MlflowClient, name: str, batch_id: str, params: dict, tags: dict) -> str:
+    from mlflow.entities import Param, RunTag
+
+    exp = experiment_id(client)
+    run = client.create_run(exp, run_name=f"{name}-{batch_id}", tags={
+        T + "kind": "edit-batch", T + "model_name": name, T + "batch_id": batch_id,
+        T + "status": "running", T + "host": socket.gethostname(), T + "pid": str(os.getpid()),
+        **{k: str(v) for k, v in tags.items()}})
+    ps = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    for i in range(0, len(ps), 100):
+        client.log_batch(run.info.run_id, params=ps[i:i + 100])
+    return run.info.run_id
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float | None]) -> None:
+    from mlflow.entities import Metric
+
+    ts = int(time.time() * 1000)
+    ms = [Metric(k, float(v), ts, 0) for k, v in metrics.items() if v is not None]
+    for i in range(0, len(ms), 500):
+        client.log_batch(run_id, metrics=ms[i:i + 500])
+
+
+def log_artifacts(client: MlflowClient, run_id: str, directory: Path, path: str | None = None) -> None:
+    client.log_artifacts(run_id, str(directory), path)
+
+
+def set_run_tags(client: MlflowClient, run_id: str, tags: dict) -> None:
+    from mlflow.entities import RunTag
+
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def end_run(client: MlflowClient, run_id: str, status: str = "FINISHED") -> None:
+    client.set_terminated(run_id, status)
+
+
+def close_stale_runs(client: MlflowClient, name: str) -> list[str]:
+    """Batch runs of `name` left RUNNING by a process on this host that no longer exists
+    (killed mid-batch) are marked KILLED. Returns their ids."""
+    import psutil
+
+    exp = client.get_experiment_by_name(state.EXPERIMENT)
+    if exp is None:
+        return []
+    closed = []
+    for r in client.search_runs([exp.experiment_id], f"tags.`{T}model_name` = '{name}' and attributes.status = 'RUNNING'"):
+        if r.data.tags.get(T + "host") == socket.gethostname():
+            pid = int(r.data.tags.get(T + "pid", "0") or 0)
+            if pid and not psutil.pid_exists(pid):
+                client.set_tag(r.info.run_id, T + "status", "killed")
+                client.set_terminated(r.info.run_id, "KILLED")
+                closed.append(r.info.run_id)
+    return closed
+
+
+def set_candidate(client: MlflowClient, name: str, version: str) -> None:
+    client.set_registered_model_alias(name, CANDIDATE, str(version))
+
+
+def repair_candidate(client: MlflowClient, name: str) -> str | None:
+    """A complete, gated version newer than both aliases whose alias step was interrupted
+    becomes the candidate. Returns its version, or None when nothing needed repair."""
+    champ = alias_version(client, name, CHAMPION)
+    cand = alias_version(client, name, CANDIDATE)
+    floor = max(int(champ.version) if champ else 0, int(cand.version) if cand else 0)
+    newest = [v for v in all_versions(client, name)
+              if int(v.version) > floor and v.tags.get(T + "gate") == "passed"]
+    if not newest:
+        return None
+    set_candidate(client, name, newest[-1].version)
+    return newest[-1].version
+
+
+def move_champion(client: MlflowClient, name: str, version: str, action: str, note: str = "") -> None:
+    """Point `champion` at `version` (promote / rollback); candidate is cleared when promoted."""
+    _set_champion(client, name, str(version), action, note)
+    cand = alias_version(client, name, CANDIDATE)
+    if action == "promote" and cand is not None and cand.version == str(version):
+        client.delete_registered_model_alias(name, CANDIDATE)
