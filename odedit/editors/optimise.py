@@ -31,6 +31,7 @@ class EditOutcome:
     seconds: float
     losses: list[float] = field(default_factory=list)
     stats: list[dict] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)  # wall time of each optimisation step
 
 
 class PlainObjective:
@@ -65,9 +66,10 @@ def optimise_edit(adapter: MLLMAdapter, envset: EnvironmentSet, config: EditConf
         objective = (ODEditObjective(adapter, batch, params, config.odedit, config.seed)
                      if config.uses_odedit else PlainObjective(adapter, batch))
         opt = torch.optim.Adam(params, lr=config.base.lr)
-        history, stats = [], []
+        history, stats, step_seconds = [], [], []
         steps = 0
         for steps in range(1, config.base.steps + 1):
+            t_step = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             loss, st = objective()
             if fault == "nan":
@@ -80,6 +82,7 @@ def optimise_edit(adapter: MLLMAdapter, envset: EnvironmentSet, config: EditConf
             objective.dual_step()
             history.append(loss.item())
             stats.append(st)
+            step_seconds.append(time.perf_counter() - t_step)
             if config.base.early_stop_loss is not None and st["fit"] < config.base.early_stop_loss:
                 break
     except BaseException:
@@ -89,4 +92,5 @@ def optimise_edit(adapter: MLLMAdapter, envset: EnvironmentSet, config: EditConf
     meta = {"request_id": envset.request_id, "request_hash": envset.request_hash,
             "method": config.method, "steps": steps}
     delta = delta_from(adapter.model, originals, meta)
-    return EditOutcome(delta, AppliedDelta(originals), steps, time.perf_counter() - start, history, stats)
+    return EditOutcome(delta, AppliedDelta(originals), steps, time.perf_counter() - start, history, stats,
+                       step_seconds)
