@@ -30,7 +30,7 @@ from prefect import flow, get_run_logger  # noqa: E402
 from odedit.config import EditConfig  # noqa: E402
 from odedit.lifecycle import batch, gate  # noqa: E402
 from odedit.registry import T, code_revision  # noqa: E402
-from odedit.registry_model import resolve_base  # noqa: E402
+from odedit.lifecycle.models import resolve_base  # noqa: E402
 from tasks import batch as tb  # noqa: E402
 from tasks import registry as tr  # noqa: E402
 

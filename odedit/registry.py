@@ -80,7 +80,7 @@ def code_revision() -> str:
 
 def base_ref_for(model: str | Path | None) -> str:
     """How a version names its base: `odedit:embedded` for the shipped model, else the path/id."""
-    from odedit.registry_model import EMBEDDED_REF
+    from odedit.lifecycle.models import EMBEDDED_REF
 
     if model is None:
         return EMBEDDED_REF
@@ -96,6 +96,13 @@ def base_ref_for(model: str | Path | None) -> str:
 
 
 # ----------------------------------------------------------------------------- reading
+def _norm(v):
+    """Versions as strings everywhere (MLflow returns ints from some calls, strings from others)."""
+    if v is not None and hasattr(v, "_version"):
+        v._version = str(v._version)
+    return v
+
+
 def model_exists(client: MlflowClient, name: str) -> bool:
     try:
         client.get_registered_model(name)
@@ -107,7 +114,7 @@ def model_exists(client: MlflowClient, name: str) -> bool:
 def alias_version(client: MlflowClient, name: str, alias: str):
     """The ModelVersion an alias points at, or None."""
     try:
-        return client.get_model_version_by_alias(name, alias)
+        return _norm(client.get_model_version_by_alias(name, alias))
     except MlflowException:
         return None
 
@@ -118,14 +125,14 @@ def aliases(client: MlflowClient, name: str) -> dict[str, str]:
 
 def get_version(client: MlflowClient, name: str, version: str | int):
     try:
-        return client.get_model_version(name, str(version))
+        return _norm(client.get_model_version(name, str(version)))
     except MlflowException as exc:
         raise RegistryError(f"{name} has no version {version}") from exc
 
 
 def all_versions(client: MlflowClient, name: str) -> list:
     vs = client.search_model_versions(f"name = '{name}'", max_results=10000)
-    return sorted(vs, key=lambda v: int(v.version))
+    return sorted((_norm(v) for v in vs), key=lambda v: int(v.version))
 
 
 def registered_hashes(client: MlflowClient, name: str) -> dict[str, str]:
@@ -225,7 +232,7 @@ def log_version(client: MlflowClient, run_id: str, name: str, base: str, delta_d
                 pip_requirements=PIP, signature=SIGNATURE,
             )
     mv = mlflow.register_model(info.model_uri, name, tags={k: str(v) for k, v in tags.items()})
-    return mv.version
+    return str(mv.version)
 
 
 def init_model(client: MlflowClient, name: str, model: str | Path | None, probes, probe_dir: Path | None) -> str:
@@ -347,3 +354,41 @@ def move_champion(client: MlflowClient, name: str, version: str, action: str, no
     cand = alias_version(client, name, CANDIDATE)
     if action == "promote" and cand is not None and cand.version == str(version):
         client.delete_registered_model_alias(name, CANDIDATE)
+
+
+# ----------------------------------------------------------------------------- audit
+def history(client: MlflowClient, name: str, version: str | None = None) -> list[dict]:
+    """Every edit in the lineage of `version` (default: the champion), oldest first."""
+    from odedit.lifecycle.history import rows_from_run
+
+    v = get_version(client, name, version) if version else alias_version(client, name, CHAMPION)
+    if v is None:
+        raise RegistryError(f"{name} has no champion; run `odedit registry init {name}`")
+    rows = []
+    for mv in reversed(lineage(client, name, v.version)):
+        run_id = mv.tags.get(T + "run_id")
+        if mv.tags.get(T + "kind") != "edit-batch" or not run_id:
+            continue
+        edits = run_json(client, run_id, "edits.json") or {}
+        only = set(json.loads(mv.tags.get(T + "request_ids", "[]")))
+        rows += rows_from_run(edits, {"version": mv.version, "created_at": mv.tags.get(T + "created_at")}, run_id, only)
+    return rows
+
+
+def show(client: MlflowClient, request_id: str) -> list[dict]:
+    """Everything recorded about one request id, newest batch first: the record, the
+    request's audit fields, its gate report and the version it entered (if any)."""
+    out = []
+    for run in runs_mentioning(client, request_id):
+        edits = run_json(client, run.info.run_id, "edits.json") or {}
+        rec = next((r for r in edits.get("records", []) if r["request_id"] == request_id), None)
+        out.append({"request_id": request_id, "run_id": run.info.run_id, "run_status": run.info.status,
+                    "batch_status": run.data.tags.get(T + "status"),
+                    "model_name": run.data.tags.get(T + "model_name"),
+                    "version": run.data.tags.get(T + "version") or None,
+                    "parent_version": run.data.tags.get(T + "parent_version"),
+                    "started_at": datetime.fromtimestamp(run.info.start_time / 1000, timezone.utc).isoformat(),
+                    "request": (edits.get("requests") or {}).get(request_id), "record": rec,
+                    "gate": run_json(client, run.info.run_id, "gate_report.json"),
+                    "params": {k: v for k, v in run.data.params.items() if not k.startswith(("base.", "odedit."))}})
+    return out

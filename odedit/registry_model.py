@@ -11,8 +11,6 @@ and `prompt`. Output: a DataFrame with one column `answer`.
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import os
 from pathlib import Path
@@ -20,44 +18,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
-EMBEDDED_REF = "odedit:embedded"
-
-
-def resolve_base(ref: str) -> str:
-    if ref == EMBEDDED_REF:
-        from odedit.models.embedded import default_model_path
-
-        return str(default_model_path())
-    return ref
-
-
-def load_edited(base_ref: str, delta_dir: str | Path | None, device: str | None = None):
-    """An adapter on the base model with the composed delta applied."""
-    from odedit.delta import DELTA_META, Delta, apply_delta
-    from odedit.models.adapter import MLLMAdapter
-
-    adapter = MLLMAdapter.load(resolve_base(base_ref), device=device)
-    if delta_dir and (Path(delta_dir) / DELTA_META).is_file():
-        delta = Delta.load(delta_dir)
-        if delta.tensors:
-            apply_delta(adapter.model, delta)
-    return adapter
-
-
-def decode_image(value):
-    """A PIL image from a path or a base64 PNG string; None for empty values."""
-    from PIL import Image
-
-    if value is None or (isinstance(value, float) and value != value) or value == "":
-        return None
-    if isinstance(value, bytes):
-        return Image.open(io.BytesIO(value)).convert("RGB")
-    s = str(value)
-    if len(s) < 4096 and os.path.isfile(s):
-        with Image.open(s) as im:
-            return im.convert("RGB")
-    s = s.split(",", 1)[1] if s.startswith("data:") else s
-    return Image.open(io.BytesIO(base64.b64decode(s))).convert("RGB")
+from odedit.lifecycle.models import EMBEDDED_REF, decode_image, load_edited, resolve_base  # noqa: F401
 
 
 class EditedModel(mlflow.pyfunc.PythonModel):

@@ -22,7 +22,7 @@ def _task(name):
 def ensure_model(name: str, model: str | None, tracking_uri: str | None, work: str) -> dict:
     """The champion of `name`; bootstraps version 1 (the base model) when `name` is new."""
     from odedit.lifecycle.batch import default_probes
-    from odedit.registry_model import resolve_base
+    from odedit.lifecycle.models import resolve_base
 
     client = registry.connect(tracking_uri)
     champ = registry.alias_version(client, name, registry.CHAMPION)

@@ -99,7 +99,7 @@ def edit_champion(base_model: str, champion_delta: str | Path | None, requests: 
     from odedit.delta import Delta
     from odedit.editing import run_edits
     from odedit.pools import locality_pool_for
-    from odedit.registry_model import load_edited, resolve_base
+    from odedit.lifecycle.models import load_edited, resolve_base
 
     t0 = time.perf_counter()
     adapter = load_edited(base_model, champion_delta, device=device)

@@ -1,0 +1,169 @@
+"""Lifecycle commands: `odedit run-batch`, `promote`, `rollback`, `history`, `show`,
+`registry init`. Each calls a Prefect flow (ephemeral API unless PREFECT_API_URL is set) or
+reads the MLflow registry through `odedit.registry`. State lives in $ODEDIT_STATE_DIR."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from odedit.cli import app
+from odedit.cli.render import console
+from odedit.config import METHODS
+from odedit.lifecycle import state
+
+NAME_HELP = "Registered model name."
+URI_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite under $ODEDIT_STATE_DIR)."
+
+registry_app = typer.Typer(help="Registered models: bootstrap the first champion.", no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
+
+
+def _env(tracking_uri: Optional[str]) -> None:
+    if tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    state.configure_environment()
+
+
+@app.command("run-batch")
+def run_batch(
+    source: Path = typer.Argument(..., exists=True, help="A request file (JSONL/Parquet/JSON) or an inbox directory to drain."),
+    name: str = typer.Option(state.DEFAULT_MODEL_NAME, "--name", help=NAME_HELP),
+    method: str = typer.Option("odedit-ft-l", "--method", help=f"One of: {', '.join(METHODS)}."),
+    gate_config: Optional[Path] = typer.Option(None, "--gate-config", help="Gate thresholds (YAML/TOML/JSON; default configs/gate.yaml)."),
+    deployment: Optional[str] = typer.Option(None, "--deployment", help="Section of the gate config to apply."),
+    model: Optional[str] = typer.Option(None, "--model", help="Base model when NAME is new (default: the embedded model)."),
+    steps: Optional[int] = typer.Option(None, help="Override optimisation steps per edit."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=URI_HELP),
+):
+    """Validate -> build environments -> edit the champion -> gate -> register a `candidate`.
+    Requests already registered are skipped; a directory is drained like the scheduled inbox."""
+    _env(tracking_uri)
+    gc = str(gate_config) if gate_config else None
+    if source.is_dir():
+        from flows.inbox_drain import inbox_drain
+
+        results = inbox_drain(str(source), name=name, method=method, gate_config=gc, deployment=deployment,
+                              model=model, steps=steps)
+    else:
+        from flows.edit_batch import edit_batch
+
+        results = [edit_batch(str(source), name=name, method=method, gate_config=gc, deployment=deployment,
+                              model=model, steps=steps)]
+    for r in results:
+        g = r.get("gate") or {}
+        console.print(f"[bold]{Path(r['source']).name}[/]: {r['status']}; version {r.get('version') or '-'}; "
+                      f"run {r.get('run_id') or '-'}; skipped {len(r.get('skipped', []))}; "
+                      f"pending {len(r.get('pending', []))}")
+        for reason in g.get("reasons", []):
+            console.print(f"  [red]gate[/] {reason}")
+    if any(r["status"] in ("gate-failed", "error") for r in results):
+        raise typer.Exit(1)
+
+
+@app.command()
+def promote(
+    name: str = typer.Argument(state.DEFAULT_MODEL_NAME, help=NAME_HELP),
+    version: Optional[str] = typer.Option(None, "--version", help="Gated version to promote (default: the candidate)."),
+    gate_config: Optional[Path] = typer.Option(None, "--gate-config", help="Gate thresholds for the re-check."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=URI_HELP),
+):
+    """Move `champion` to the candidate after re-checking its gate against the current champion."""
+    _env(tracking_uri)
+    from flows.promote import promote as flow
+
+    res = flow(name, version, str(gate_config) if gate_config else None)
+    console.print(json.dumps(res, indent=2))
+    if res["status"] == "refused":
+        raise typer.Exit(1)
+
+
+@app.command()
+def rollback(
+    name: str = typer.Argument(state.DEFAULT_MODEL_NAME, help=NAME_HELP),
+    to: Optional[str] = typer.Option(None, "--to", help="Version to restore (default: the previous champion)."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=URI_HELP),
+):
+    """Move `champion` back to a named or the previous version (versions are never changed)."""
+    _env(tracking_uri)
+    from flows.rollback import rollback as flow
+
+    console.print(json.dumps(flow(name, to), indent=2))
+
+
+@app.command()
+def history(
+    name: str = typer.Argument(state.DEFAULT_MODEL_NAME, help=NAME_HELP),
+    fmt: str = typer.Option("table", "--format", help="table | csv | json | parquet."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write to FILE (required for parquet)."),
+    version: Optional[str] = typer.Option(None, "--version", help="Lineage of this version (default: the champion)."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=URI_HELP),
+):
+    """Every edit in the champion's lineage: who asked, why, ticket, answers before/after,
+    held-out scores, gate verdict, run and version (read from MLflow)."""
+    _env(tracking_uri)
+    from odedit import registry
+    from odedit.lifecycle.history import export
+
+    rows = registry.history(registry.connect(), name, version)
+    if fmt == "table":
+        from rich.table import Table
+
+        t = Table(title=f"{name}: {len(rows)} edit(s) in the champion's lineage")
+        for c in ("version", "request_id", "requester", "ticket", "reason", "answer_before", "answer_after",
+                  "post.reliability", "post.t_locality", "gate", "run_id"):
+            t.add_column(c)
+        for r in rows:
+            t.add_row(*[("%.2f" % v if isinstance(v, float) else str(v if v is not None else "-"))
+                        for v in (r["version"], r["request_id"], r["requester"], r["ticket"], r["reason"],
+                                  r["answer_before"], r["answer_after"], r["post.reliability"],
+                                  r["post.t_locality"], r["gate"], (r["run_id"] or "")[:8])])
+        console.print(t)
+        if out:
+            export(rows, "csv", out)
+        return
+    text = export(rows, fmt, out)
+    if text is not None:
+        print(text)
+
+
+@app.command()
+def show(
+    edit_id: str = typer.Argument(..., help="Request id of the edit."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=URI_HELP),
+):
+    """Everything recorded about one edit (every batch run that contained it), as JSON."""
+    _env(tracking_uri)
+    from odedit import registry
+
+    found = registry.show(registry.connect(), edit_id)
+    if not found:
+        console.print(f"[red]no edit with id {edit_id!r}[/]")
+        raise typer.Exit(1)
+    print(json.dumps(found, indent=2, default=str))
+
+
+@registry_app.command("init")
+def registry_init(
+    name: str = typer.Argument(state.DEFAULT_MODEL_NAME, help=NAME_HELP),
+    model: Optional[str] = typer.Option(None, "--model", help="Base model (default: the embedded model)."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=URI_HELP),
+):
+    """Register version 1 = the base model itself (empty delta) as `champion`, with its fixed
+    regression probe set. Does nothing when NAME already has a champion."""
+    _env(tracking_uri)
+    import tempfile
+
+    from odedit import registry
+    from odedit.lifecycle.batch import default_probes
+    from odedit.lifecycle.models import resolve_base
+
+    client = registry.connect()
+    with tempfile.TemporaryDirectory() as tmp, console.status(f"registering {name} version 1"):
+        probes = default_probes(resolve_base(registry.base_ref_for(model)), tmp)
+        v = registry.init_model(client, name, model, probes, Path(tmp))
+    console.print(f"{name}: champion is version {v} ({len(probes)} regression probes)")
