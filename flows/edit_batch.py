@@ -25,7 +25,9 @@ from odedit.lifecycle import state
 
 state.configure_environment()
 
-from prefect import flow, get_run_logger  # noqa: E402
+from prefect import flow  # noqa: E402
+
+from tasks import run_logger  # noqa: E402
 
 from odedit.config import EditConfig  # noqa: E402
 from odedit.lifecycle import batch, gate  # noqa: E402
@@ -60,7 +62,7 @@ def edit_batch(
     fault: dict[str, str] | None = None,  # test/debug hook: {request_id: "nan"}
 ) -> dict:
     """Validate, edit, gate and register one batch of edit requests (a JSONL/Parquet/JSON file)."""
-    log = get_run_logger()
+    log = run_logger()
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     work = state.work_dir() / f"{Path(source).stem}-{stamp}"
     work.mkdir(parents=True, exist_ok=True)

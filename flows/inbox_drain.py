@@ -13,7 +13,9 @@ from odedit.lifecycle import state
 
 state.configure_environment()
 
-from prefect import flow, get_run_logger  # noqa: E402
+from prefect import flow  # noqa: E402
+
+from tasks import run_logger  # noqa: E402
 
 from flows.edit_batch import edit_batch  # noqa: E402
 from odedit.lifecycle import inbox  # noqa: E402
@@ -24,7 +26,7 @@ def inbox_drain(inbox_dir: str | None = None, name: str = state.DEFAULT_MODEL_NA
                 gate_config: str | None = None, deployment: str | None = "knowledge-update",
                 model: str | None = None, steps: int | None = None, tracking_uri: str | None = None) -> list[dict]:
     """Drain `inbox_dir` (default: the state directory's inbox/)."""
-    log = get_run_logger()
+    log = run_logger()
     d = Path(inbox_dir) if inbox_dir else state.inbox_dir()
     results = []
     for f in inbox.pending_files(d):

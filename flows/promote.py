@@ -14,7 +14,9 @@ from odedit.lifecycle import state
 
 state.configure_environment()
 
-from prefect import flow, get_run_logger  # noqa: E402
+from prefect import flow  # noqa: E402
+
+from tasks import run_logger  # noqa: E402
 
 from odedit.lifecycle import gate  # noqa: E402
 from tasks import lifecycle as tl  # noqa: E402
@@ -30,7 +32,7 @@ def promote(name: str = state.DEFAULT_MODEL_NAME, version: str | None = None, ga
     with tempfile.TemporaryDirectory(dir=state.work_dir()) as work:
         verdict = tl.recheck_gate(name, info, gate.load_gate_config(gate_config, deployment), tracking_uri, work)
     if not verdict.passed:
-        get_run_logger().warning("promotion of %s refused: %s", info["version"], "; ".join(verdict.reasons))
+        run_logger().warning("promotion of %s refused: %s", info["version"], "; ".join(verdict.reasons))
         return {"name": name, "champion": info["champion"], "status": "refused", "reasons": verdict.reasons}
     tl.move_champion(name, info["version"], "promote", f"from {info['champion']}", tracking_uri)
     return {"name": name, "champion": info["version"], "previous": info["champion"], "status": "promoted"}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
+
+from tasks import run_logger
 
 from odedit.lifecycle import batch, gate
 
@@ -11,7 +13,7 @@ from odedit.lifecycle import batch, gate
 @task(name="validate-requests", retries=1, retry_delay_seconds=1, cache_policy=NO_CACHE)
 def validate_requests(source: str, out_dir: str) -> batch.Validated:
     v = batch.validate(source, out_dir)
-    get_run_logger().info("validated %s: %d accepted, %d quarantined", source, len(v.accepted), v.rejected)
+    run_logger().info("validated %s: %d accepted, %d quarantined", source, len(v.accepted), v.rejected)
     return v
 
 
@@ -23,7 +25,7 @@ def build_environments(requests, image_root: str, cfg, base_path: str) -> dict:
 @task(name="optimise-edits", retries=0, cache_policy=NO_CACHE)  # no retry: a diverged edit diverges again
 def optimise(base_model: str, champion_delta: str, requests, image_root: str, cfg, probes, probe_dir,
              out_dir: str, fault: dict | None = None) -> batch.BatchEdits:
-    log = get_run_logger()
+    log = run_logger()
     n = len(requests)
     count = {"i": 0}
 
@@ -39,6 +41,6 @@ def optimise(base_model: str, champion_delta: str, requests, image_root: str, cf
 def gate_batch(edits: batch.BatchEdits, probes, cfg: gate.GateConfig, subjects: list[str]) -> gate.GateVerdict:
     regression = gate.regression_check(probes, edits.champion_answers, edits.candidate_answers, subjects)
     verdict = gate.evaluate_gate(edits.records, cfg, regression)
-    get_run_logger().info("gate %s%s", "PASSED" if verdict.passed else "FAILED",
+    run_logger().info("gate %s%s", "PASSED" if verdict.passed else "FAILED",
                           "" if verdict.passed else ": " + "; ".join(verdict.reasons))
     return verdict

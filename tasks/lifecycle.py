@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
+
+from tasks import run_logger
 
 from odedit import registry
 from odedit.lifecycle import gate, promotion
@@ -46,7 +48,7 @@ def recheck_gate(name: str, info: dict, gate_cfg: gate.GateConfig, tracking_uri:
     cand = registry.download_delta(client, name, info["version"], Path(work) / "candidate")
     probes, pdir = registry.download_probes(client, name, Path(work) / "probes")
     verdict = promotion.recheck(base, champ, cand, probes, pdir, info["subjects"], info["records"], gate_cfg)
-    get_run_logger().info("re-check of version %s against champion %s: %s %s", info["version"], info["champion"],
+    run_logger().info("re-check of version %s against champion %s: %s %s", info["version"], info["champion"],
                           "PASSED" if verdict.passed else "FAILED", "; ".join(verdict.reasons))
     return verdict
 

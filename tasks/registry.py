@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
+
+from tasks import run_logger
 
 from odedit import registry
 
@@ -31,7 +33,7 @@ def ensure_model(name: str, model: str | None, tracking_uri: str | None, work: s
         pdir = Path(work) / "init_probes"
         probes = default_probes(resolve_base(base), pdir)
         version = registry.init_model(client, name, model, probes, pdir)
-        get_run_logger().info("bootstrapped %s version %s (the base model) as champion", name, version)
+        run_logger().info("bootstrapped %s version %s (the base model) as champion", name, version)
         champ = registry.get_version(client, name, version)
     closed = registry.close_stale_runs(client, name)
     repaired = registry.repair_candidate(client, name)
@@ -77,7 +79,7 @@ def register_candidate(run_id: str, name: str, base_ref: str, delta_dir: str, ta
     else:
         version = registry.log_version(client, run_id, name, base_ref, Path(delta_dir), tags, chain)
     registry.set_candidate(client, name, version)
-    get_run_logger().info("registered %s version %s as candidate", name, version)
+    run_logger().info("registered %s version %s as candidate", name, version)
     return version
 
 
