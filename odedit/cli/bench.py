@@ -1,0 +1,172 @@
+"""`odedit bench`: ODEdit against its base editors (single and sequential), with speed and
+memory; `--perf` measures the editor itself (step time ratio, edit time, memory, profile)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from odedit.cli import app
+from odedit.cli.render import console
+
+
+def _ints(text: Optional[str]) -> Optional[tuple[int, ...]]:
+    if text is None:
+        return None
+    return tuple(int(x) for x in text.replace(" ", "").split(",") if x)
+
+
+@app.command()
+def bench(
+    quick: bool = typer.Option(False, "--quick", help="The quick grid (< 5 min on 2 CPU cores)."),
+    grid_name: str = typer.Option("full", "--grid", help="Named grid: quick, full, tiny."),
+    perf: bool = typer.Option(False, "--perf", help="Editor performance only: ODEdit/FT-L step time ratio, "
+                              "seconds per edit, peak memory vs a forward pass, profile of one edit."),
+    methods: Optional[str] = typer.Option(None, help="Comma-separated methods, e.g. "
+                                          "'ft-l,odedit-ft-l,odedit-ft-l[-tv],icl' (overrides the grid's)."),
+    seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds (overrides the grid's)."),
+    n_single: Optional[int] = typer.Option(None, "--n-single", help="Single edits per seed."),
+    ts: Optional[str] = typer.Option(None, "--ts", help="Sequential lengths, e.g. '1,5,10,20'; '' for none."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model directory or hub id (Auto classes); "
+                                        "default: the embedded tiny LLaVA."),
+    data: Optional[Path] = typer.Option(None, "--data", exists=True, dir_okay=False,
+                                        help="MMEdit-format JSON (or JSONL / batch file) of edits."),
+    image_root: Optional[Path] = typer.Option(None, "--image-root", help="Directory image paths in --data "
+                                              "are relative to (default: the data file's directory)."),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="Base EditConfig as JSON."),
+    out: Path = typer.Option(Path("out/bench"), "--out", "-o", help="Output directory of the report."),
+    mlflow: bool = typer.Option(False, "--mlflow", help="Log the report as artifacts of an MLflow run "
+                                "(MLFLOW_TRACKING_URI, else sqlite:///$ODEDIT_STATE_DIR/mlflow.db)."),
+    device: Optional[str] = typer.Option(None, help="cpu / cuda (default: cuda when available)."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's)."),
+):
+    """Run a grid of methods (ft-l, lora, odedit-*, ablations like odedit-ft-l[-tv], icl) over
+    edits, single and sequential; print a table (mean ± std over seeds) and write
+    OUT/report.md, OUT/report.html with plots."""
+    import torch
+
+    from odedit.bench import grid as G
+    from odedit.bench import measure, report
+    from odedit.config import EditConfig
+    from odedit.pools import locality_pool_for, world_of
+
+    if threads:
+        torch.set_num_threads(threads)
+    name = "quick" if quick else grid_name
+    if name not in G.GRIDS:
+        raise typer.BadParameter(f"unknown grid {name!r}; choose one of {', '.join(G.GRIDS)}", param_hint="--grid")
+    grid = G.GRIDS[name]
+    try:
+        if methods:
+            grid = grid.with_(methods=tuple(m.strip() for m in _split_methods(methods)))
+            grid.specs  # validate
+        if seeds is not None:
+            grid = grid.with_(seeds=_ints(seeds))
+        if n_single is not None:
+            grid = grid.with_(n_single=n_single)
+        if ts is not None:
+            grid = grid.with_(ts=_ints(ts) or ())
+    except ValueError as exc:
+        console.print(f"[red]error[/] {exc}")
+        raise typer.Exit(2)
+    base = EditConfig.from_dict(json.loads(config_file.read_text())) if config_file else None
+
+    from odedit.cli.edit import _load_model
+
+    ref, adapter = _load_model(model, device)
+    world = world_of(ref) if data is None and Path(str(ref)).is_dir() else None
+    if data is None and world is None:
+        console.print("[red]error[/] this model has no world to generate edits from: pass --data FILE")
+        raise typer.Exit(2)
+    root = image_root or (data.parent if data else out / "images")
+
+    def requests_for_seed(seed: int, n: int | None = None):
+        return measure.load_requests(n or grid.n_requests, seed, root, data=data, world=world)
+
+    def pool_for(seed, requests, req_root):
+        return locality_pool_for(adapter, ref, requests, req_root, seed=seed)
+
+    meta = {"grid": name if not perf else "perf", "model": str(ref), "device": str(adapter.device),
+            "torch_threads": torch.get_num_threads(), "data": str(data) if data else "world demo requests",
+            "host": f"{platform.node()} {platform.processor() or platform.machine()}"}
+    try:
+        import os
+
+        meta["load_avg_at_start"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        pass
+    t0 = time.perf_counter()
+    if perf:
+        reqs, req_root = requests_for_seed(0, 3)
+        pool = pool_for(0, reqs, req_root)
+        with console.status("measuring editor performance (ft-l, odedit-ft-l; 20 fixed steps x 3 edits)"):
+            results = measure.perf(adapter, reqs, req_root, pool, base=base)
+        _wide().print(report.perf_table(results))
+        with console.status("profiling one odedit-ft-l edit"):
+            prof = measure.profile_edit(adapter, reqs[0], req_root, pool, base=base)
+        console.print(f"[bold]one odedit-ft-l edit[/]: {prof['edit_s']:.2f} s, {prof['steps']} steps, "
+                      f"setup {prof['setup_s']:.2f} s")
+        console.print("[bold]torch.profiler top operators (self time)[/]")
+        console.print(prof["torch_ops"], markup=False, highlight=False)
+        console.print("[bold]cProfile top functions (own time)[/]")
+        console.print(prof["cprofile_tottime"], markup=False, highlight=False)
+        meta["wall_s"] = round(time.perf_counter() - t0, 1)
+        _finish(out, [], meta, results, prof, mlflow)
+        return
+
+    meta.update(methods=",".join(grid.methods), seeds=",".join(map(str, grid.seeds)), n_single=grid.n_single,
+                ts=",".join(map(str, grid.ts)))
+    console.print(f"grid [bold]{name}[/]: {len(grid.methods)} method(s) x {len(grid.seeds)} seed(s); "
+                  f"{grid.n_single} single edit(s) + sequential T in {list(grid.ts)} per cell; model {ref} "
+                  f"on {adapter.device}")
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    total = grid.edits_per_cell() * len(grid.specs) * len(grid.seeds)
+    with Progress(TextColumn("[bold]bench"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("{task.description}"), console=console, transient=True) as progress:
+        task = progress.add_task("", total=total)
+        rows = measure.run_grid(
+            adapter, grid, requests_for_seed, pool_for, base,
+            on_edit=lambda: progress.update(task, advance=1),
+            on_cell=lambda m, s: progress.update(task, description=f"{m} seed {s}"))
+    meta["wall_s"] = round(time.perf_counter() - t0, 1)
+    _wide().print(report.rich_table(report.summarise(rows), title=f"odedit bench ({name})"))
+    console.print(f"grid wall time {meta['wall_s']:.0f} s")
+    _finish(out, rows, meta, None, None, mlflow)
+
+
+def _wide():
+    """The shared console, or a wide one when output is not a terminal (tables stay readable in logs)."""
+    from rich.console import Console
+
+    return console if console.is_terminal else Console(width=200)
+
+
+def _split_methods(text: str) -> list[str]:
+    """Split on commas outside brackets: 'a,odedit-ft-l[-tv,-gen]' -> ['a', 'odedit-ft-l[-tv,-gen]']."""
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _finish(out, rows, meta, perf, prof, use_mlflow):
+    from odedit.bench import report
+
+    paths = report.write_report(out, rows, meta, perf, prof)
+    console.print(f"report: [bold]{paths['md']}[/], [bold]{paths['html']}[/]")
+    if use_mlflow:
+        run_id = report.log_mlflow(out, meta, rows, perf)
+        console.print(f"logged to MLflow ({report.tracking_uri()}), run {run_id}")
