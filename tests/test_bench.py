@@ -1,0 +1,97 @@
+"""odedit bench: grid definitions, method names, and a tiny grid (1 edit x 2 methods x 1 seed)
+on the embedded model producing the table columns and a report with a PNG."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from odedit.bench import grid as G
+from odedit.bench import measure, report
+
+
+def test_quick_and_full_grids_have_spreads():
+    for g in (G.QUICK, G.FULL):
+        assert len(g.seeds) >= 3, g.name
+        assert set(G.BASE_METHODS) <= set(g.methods)
+        assert all(s.method for s in g.specs)  # every name parses
+    assert set(G.FULL.ts) == {1, 5, 10, 20}
+    assert set(G.ABLATION_METHODS) <= set(G.FULL.methods)
+
+
+def test_method_names_and_ablations():
+    spec = G.parse_method("odedit-ft-l[-tv]")
+    assert spec.method == "odedit-ft-l" and spec.config(3).odedit.tv is False and spec.config(3).seed == 3
+    cfg = G.parse_method("odedit-lora[-gen,-loc]").config(0)
+    assert cfg.method == "odedit-lora" and cfg.odedit.w_gen == 0 and cfg.odedit.w_loc == 0
+    assert cfg.odedit.n_out_text == 0 and cfg.odedit.n_out_image == 0
+    assert G.parse_method("ft-l").config(0).odedit.tv is True  # defaults untouched
+    assert G.parse_method("icl").is_icl
+    for bad in ("rome", "ft-l[-tv]", "odedit-ft-l[-nope]"):
+        with pytest.raises(ValueError):
+            G.parse_method(bad)
+
+
+def test_cli_rejects_unknown_method_before_loading_a_model(tmp_path):
+    from odedit.cli import app
+
+    res = CliRunner().invoke(app, ["bench", "--grid", "tiny", "--methods", "ft-l,rome", "--out", str(tmp_path)])
+    assert res.exit_code == 2, res.output
+
+
+def test_summary_mean_and_std_over_seeds():
+    rows = [measure.Row("m", s, "single", 1, 1, 1, reliability=r, seconds_per_edit=t)
+            for s, (r, t) in enumerate([(1.0, 1.0), (0.5, 2.0), (0.0, 3.0)])]
+    (e,) = report.summarise(rows)
+    assert e["seeds"] == 3 and e["reliability"] == pytest.approx(0.5) and e["reliability_std"] == pytest.approx(0.5)
+    assert e["seconds_per_edit"] == pytest.approx(2.0) and e["t_generality"] is None
+    assert report.fmt(e, "reliability") == "50.0±50.0"
+
+
+def test_tiny_grid_on_embedded_model(adapter, embedded_dir, world, tmp_path):
+    from odedit.pools import locality_pool_for
+
+    grid = G.TINY
+    assert grid.methods == ("ft-l", "odedit-ft-l") and grid.seeds == (0,) and grid.n_single == 1
+    before = {k: v.clone() for k, v in adapter.model.state_dict().items()}
+    rows = measure.run_grid(
+        adapter, grid,
+        lambda seed: measure.load_requests(grid.n_requests, seed, tmp_path / "images", world=world),
+        lambda seed, reqs, root: locality_pool_for(adapter, embedded_dir, reqs, root, seed=seed))
+    for k, v in adapter.model.state_dict().items():  # single edits leave the model as it was
+        assert (v == before[k]).all(), k
+    assert [(r.method, r.mode, r.T) for r in rows] == [("ft-l", "single", 1), ("odedit-ft-l", "single", 1)]
+    for r in rows:
+        assert r.ok == 1 and r.reliability is not None and r.seconds_per_edit > 0 and r.steps >= 1
+        assert r.delta_kb > 0 and r.peak_mem_mb is not None
+
+    summary = report.summarise(rows)
+    header, body = report.table_rows(summary)
+    assert header == ["method", "setting", "seeds", "Rel", "T-Gen", "M-Gen", "T-Loc", "M-Loc", "Retention",
+                      "s/edit", "steps", "peak MB", "delta KB"]
+    assert len(body) == 2 and all(len(r) == len(header) for r in body)
+    assert report.rich_table(summary).row_count == 2
+
+    paths = report.write_report(tmp_path / "out", rows, {"grid": "tiny"})
+    pngs = list((tmp_path / "out").glob("*.png"))
+    assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    assert "| ft-l | single |" in paths["md"].read_text()
+    assert "data:image/png;base64" in paths["html"].read_text()
+    assert len(json.loads(paths["rows"].read_text())) == 2
+
+
+def test_sequential_rows_restore_the_model(adapter, embedded_dir, world, tmp_path):
+    """One sequential run scored at T=1 and T=2 (retention = reliability after T), then undone."""
+    from odedit.pools import locality_pool_for
+
+    grid = G.Grid("t", ("ft-l",), (0,), n_single=0, ts=(1, 2))
+    before = {k: v.clone() for k, v in adapter.model.state_dict().items()}
+    reqs, root = measure.load_requests(2, 0, tmp_path / "images", world=world)
+    pool = locality_pool_for(adapter, embedded_dir, reqs, root, seed=0)
+    rows = measure.run_method(adapter, grid.specs[0], 0, reqs, root, pool, grid)
+    assert [(r.mode, r.T) for r in rows] == [("sequential", 1), ("sequential", 2)]
+    assert all(r.retention == r.reliability for r in rows)
+    for k, v in adapter.model.state_dict().items():
+        assert (v == before[k]).all(), k
