@@ -23,11 +23,7 @@ app = typer.Typer(
 _COMMAND_MODULES = ["edit", "validate", "lifecycle", "bench"]
 
 for _name in _COMMAND_MODULES:
-    try:
-        importlib.import_module(f"odedit.cli.{_name}")
-    except ModuleNotFoundError as exc:  # a command module not written yet
-        if exc.name != f"odedit.cli.{_name}":
-            raise
+    importlib.import_module(f"odedit.cli.{_name}")
 
 
 def main() -> None:  # console-script entry point

@@ -5,7 +5,10 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from odedit.editing import EditRun
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from odedit.editing import EditRun
 
 console = Console()
 METRICS = [("reliability", "Rel"), ("t_generality", "T-Gen"), ("m_generality", "M-Gen"),
@@ -16,7 +19,7 @@ def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.0f}"
 
 
-def edit_table(run: EditRun) -> Table:
+def edit_table(run: "EditRun") -> Table:
     title = f"{run.config.method} - {'sequential' if run.sequential else 'single'} edits (before -> after, %)"
     table = Table(title=title, show_lines=False)
     table.add_column("request")
