@@ -4,7 +4,7 @@ This module owns everything the embedded model knows and everything the demo edi
 
   - the entities (shape x colour combinations, each with an invented one-word name and three
     invented facts: `home` -> a city, `food` -> a food, `maker` -> a maker), including
-    look-alike entities (circle/hexagon, square/diamond, red/orange, blue/purple);
+    look-alike entities (circle/hexagon, square/diamond, red/orange);
   - deterministic 32x32 renders of an entity (`render(entity, view, style)`), with training
     views, held-out views and one held-out visual style;
   - compositional question phrasings (prefix x predicate x object noun) with a train /
@@ -36,11 +36,10 @@ COLOURS = {
     "orange": (232, 132, 36),
     "green": (45, 170, 70),
     "blue": (45, 85, 220),
-    "purple": (145, 65, 205),
 }
 # Pairs that look alike (the hard negatives of locality).
 LOOKALIKE_SHAPES = [("circle", "hexagon"), ("square", "diamond")]
-LOOKALIKE_COLOURS = [("red", "orange"), ("blue", "purple")]
+LOOKALIKE_COLOURS = [("red", "orange")]
 
 NAMES = [
     "zorb", "blick", "quam", "fendo", "trilp", "mopsy", "gaxel", "voonk", "prindle", "skaw",
