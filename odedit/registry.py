@@ -53,8 +53,14 @@ def now() -> str:
 def connect(tracking_uri: str | None = None) -> MlflowClient:
     """Point mlflow at `tracking_uri` (default: MLFLOW_TRACKING_URI or the state dir's SQLite)."""
     uri = tracking_uri or state.tracking_uri()
+    before = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    for k, v in before.items():  # mlflow exports the URI to the environment; the caller's choice stands
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     return MlflowClient(uri, uri)
 
 
