@@ -111,6 +111,61 @@ class PeakMemory:
         return max(0, self.peak - self.start)
 
 
+class TensorMemory:
+    """Peak bytes of tensor storage allocated inside the block and still alive, on any device,
+    tracked exactly by a TorchDispatchMode (every op output's storage, freed via weakref
+    finalizers). Unlike RSS it does not depend on what the allocator kept from earlier work,
+    so it compares two blocks fairly; it slows ops down, so never time inside it."""
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_flatten
+
+        tracker = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in tree_flatten(out)[0]:
+                    if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                        tracker._track(t)
+                return out
+
+        self._mode = _Mode()
+        self.live = self.peak = 0
+        self._seen: dict[int, int] = {}
+
+    def _track(self, t: torch.Tensor) -> None:
+        import weakref
+
+        st = t.untyped_storage()
+        key = id(st)
+        if key in self._seen:
+            return
+        n = st.nbytes()
+        self._seen[key] = n
+        self.live += n
+        self.peak = max(self.peak, self.live)
+        weakref.finalize(st, self._free, key, n)
+
+    def _free(self, key: int, n: int) -> None:
+        if self._seen.pop(key, None) is not None:
+            self.live -= n
+
+    def __enter__(self):
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._mode.__exit__(*exc)
+        self._seen.clear()  # storages freed later are not this block's business
+        return False
+
+    @property
+    def extra(self) -> int:
+        return self.peak
+
+
 # ----------------------------------------------------------------------------- requests
 def load_requests(n: int, seed: int, image_dir: str | Path, data: str | Path | None = None,
                   world=None) -> tuple[list[EditRequest], Path]:
@@ -357,9 +412,11 @@ class PerfResult:
     setup_s: float  # environments + prefix cache + pre-edit logits (seconds - sum of steps)
     edit_s: float  # the whole optimise_edit call with the default config (early stop on)
     edit_steps: int
-    forward_mb: float  # memory a plain forward pass (no grad, full model) of the same batch adds
-    edit_mb: float  # memory the edit (fixed steps) adds
+    forward_mb: float  # peak live tensor memory of a plain forward pass (no grad, full model), same samples
+    edit_mb: float  # peak live tensor memory of the edit (everything optimise_edit allocates)
     mem_ratio: float
+    forward_rss_mb: float  # the same two blocks by process RSS growth (VmHWM; allocator-dependent)
+    edit_rss_mb: float
     samples: int  # rows the edit optimises on per step
     extra: dict = field(default_factory=dict)
 
@@ -397,32 +454,80 @@ def perf(adapter: MLLMAdapter, requests: Sequence[EditRequest], image_root: Path
         cfg = spec.config(0, base)
         fixed = spec.config(0, base)
         fixed.base.early_stop_loss, fixed.base.steps = None, fixed_steps
-        step_s, setup_s, edit_s, edit_steps, fwd_mb, edit_mb, n_samples = [], [], [], [], [], [], 0
+        step_s, setup_s, edit_s, edit_steps, n_samples = [], [], [], [], 0
+        fwd_mb, edit_mb, fwd_rss, edit_rss, same_ms, same_n = [], [], [], [], [], 0
+        mem_cfg = spec.config(0, base)
+        mem_cfg.base.early_stop_loss, mem_cfg.base.steps = None, 3
         for req in list(requests)[:repeats]:
             env = _envset(adapter, req, image_root, cfg, pool)
             envs = env.train if cfg.uses_odedit else [env.env("IN")]
             samples = [s for e in envs for s in e.samples]
             n_samples = len(samples)
-            with PeakMemory(adapter.device) as m_fwd:
+            meter = TensorMemory if adapter.device.type == "cpu" else (lambda: PeakMemory(adapter.device))
+            with meter() as m_fwd:
                 _plain_forward(adapter, samples)
             fwd_mb.append(m_fwd.extra / 2**20)
+            with meter() as m_edit:  # 3 steps: the peak is reached once Adam has its state
+                o = optimise_edit(adapter, env, mem_cfg)
+            remove_delta(adapter.model, o.restore)
+            edit_mb.append(m_edit.extra / 2**20)
+            with PeakMemory(adapter.device) as m_fwd:
+                _plain_forward(adapter, samples)
+            fwd_rss.append(m_fwd.extra / 2**20)
             with PeakMemory(adapter.device) as m_edit:
                 o = optimise_edit(adapter, env, fixed)
             remove_delta(adapter.model, o.restore)
-            edit_mb.append(m_edit.extra / 2**20)
+            edit_rss.append(m_edit.extra / 2**20)
             step_s += o.step_seconds[1:]  # the first step includes one-off allocations
             setup_s.append(o.seconds - sum(o.step_seconds))
             o = optimise_edit(adapter, _envset(adapter, req, image_root, cfg, pool), cfg)
             remove_delta(adapter.model, o.restore)
             edit_s.append(o.seconds)
             edit_steps.append(o.steps)
+            if cfg.uses_odedit:
+                ms, n = same_batch_step_ms(adapter, env, cfg, fixed_steps)
+                same_ms.append(ms)
+                same_n = n
         fm, em = statistics.fmean(fwd_mb), statistics.fmean(edit_mb)
         out.append(PerfResult(
             name, fixed_steps, 1000 * statistics.median(step_s), 1000 * statistics.fmean(step_s),
             statistics.fmean(setup_s), statistics.fmean(edit_s), round(statistics.fmean(edit_steps)),
-            fm, em, em / fm if fm > 0 else float("nan"), n_samples,
-            {"edit_s_all": edit_s, "edit_steps_all": edit_steps}))
+            fm, em, em / fm if fm > 0 else float("nan"), statistics.fmean(fwd_rss), statistics.fmean(edit_rss),
+            n_samples,
+            {"edit_s_all": edit_s, "edit_steps_all": edit_steps,
+             **({"ftl_same_batch_step_ms": statistics.median(same_ms), "same_batch_samples": same_n}
+                if same_ms else {})}))
     return out
+
+
+def same_batch_step_ms(adapter: MLLMAdapter, env, cfg: EditConfig, steps: int) -> tuple[float, int]:
+    """(median ms, samples) of a bare FT-L step (target NLL, backward, Adam) on ODEdit's whole
+    batch (IN + SE + OUT rows): the forward/backward cost of the batch without ODEdit's terms,
+    so ODEdit's step over this isolates what the objective itself (MMD, KL, TV) adds."""
+    from odedit.editors.env_batch import EnvBatch
+    from odedit.editors.optimise import PlainObjective
+
+    editor = BASE_EDITORS["ft-l"](adapter, cfg.base)
+    params = editor.begin()
+    try:
+        batch = EnvBatch(adapter, env.train, with_eos=cfg.base.with_eos,
+                         prefix_layer=editor.layer if cfg.base.cache_prefix else None)
+        if len(batch.encoded) != 1:  # no prefix cache (other model types): one group per modality
+            return float("nan"), 0
+        objective = PlainObjective(adapter, batch)
+        opt = torch.optim.Adam(params, lr=cfg.base.lr)
+        times = []
+        for _ in range(steps):
+            t = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            loss, _ = objective()
+            loss.backward()
+            opt.step()
+            times.append(time.perf_counter() - t)
+        n = next(iter(batch.encoded.values())).size
+    finally:
+        editor.abort()  # restores the weight
+    return 1000 * statistics.median(times[1:] or times), n
 
 
 def profile_edit(adapter: MLLMAdapter, request: EditRequest, image_root: Path, pool,

@@ -112,9 +112,9 @@ def bench(
         console.print(f"[bold]one odedit-ft-l edit[/]: {prof['edit_s']:.2f} s, {prof['steps']} steps, "
                       f"setup {prof['setup_s']:.2f} s")
         console.print("[bold]torch.profiler top operators (self time)[/]")
-        console.print(prof["torch_ops"], markup=False, highlight=False)
+        _wide().print(prof["torch_ops"], markup=False, highlight=False)
         console.print("[bold]cProfile top functions (own time)[/]")
-        console.print(prof["cprofile_tottime"], markup=False, highlight=False)
+        _wide().print(prof["cprofile_tottime"], markup=False, highlight=False)
         meta["wall_s"] = round(time.perf_counter() - t0, 1)
         _finish(out, [], meta, results, prof, mlflow)
         return
