@@ -301,5 +301,7 @@ def log_mlflow(out: Path, meta: dict, rows: Sequence[Row], perf: Sequence[PerfRe
             metrics[_key(f"perf.{r.method}.mem_ratio")] = r.mem_ratio
         if metrics:
             mlflow.log_metrics(metrics)
-        mlflow.log_artifacts(str(out), artifact_path="bench")
+        for f in sorted(Path(out).iterdir()):  # the report files, not the generated request images
+            if f.is_file() and f.suffix in (".md", ".html", ".png", ".json"):
+                mlflow.log_artifact(str(f), artifact_path="bench")
         return run.info.run_id
