@@ -116,7 +116,9 @@ def bench(
         console.print("[bold]cProfile top functions (own time)[/]")
         _wide().print(prof["cprofile_tottime"], markup=False, highlight=False)
         meta["wall_s"] = round(time.perf_counter() - t0, 1)
-        _finish(out, [], meta, results, prof, mlflow)
+        notes = _perf_verdict(results)
+        console.print(notes)
+        _finish(out, [], meta, results, prof, mlflow, notes)
         return
 
     meta.update(methods=",".join(grid.methods), seeds=",".join(map(str, grid.seeds)), n_single=grid.n_single,
@@ -162,10 +164,31 @@ def _split_methods(text: str) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
-def _finish(out, rows, meta, perf, prof, use_mlflow):
+def _perf_verdict(results) -> str:
+    """The three targets of issue 5, met or not, from the --perf measurements."""
+    by = {r.method: r for r in results}
+    ftl, od = by.get("ft-l"), by.get("odedit-ft-l")
+    if not (ftl and od):
+        return ""
+    ratio = od.step_ms_median / ftl.step_ms_median
+    same = od.extra.get("ftl_same_batch_step_ms")
+    lines = [
+        f"(a) one odedit-ft-l edit: {od.edit_s:.2f} s ({od.edit_steps} steps, setup {od.setup_s:.2f} s); "
+        f"target <= 3 s: {'met' if od.edit_s <= 3 else 'NOT met'}",
+        f"(b) odedit-ft-l / ft-l step time: {ratio:.2f}x ({od.step_ms_median:.1f} vs {ftl.step_ms_median:.1f} ms; "
+        f"{od.samples} vs {ftl.samples} rows per step); target <= 1.3x: {'met' if ratio <= 1.3 else 'NOT met'}"
+        + (f"; vs a bare ft-l step on the same {od.extra.get('same_batch_samples')} rows ({same:.1f} ms): "
+           f"{od.step_ms_median / same:.2f}x" if same else ""),
+        f"(c) edit / plain forward peak tensor memory: {od.mem_ratio:.2f}x ({od.edit_mb:.1f} vs {od.forward_mb:.1f} MB)"
+        f"; target <= 1.5x: {'met' if od.mem_ratio <= 1.5 else 'NOT met'}",
+    ]
+    return "\n".join(lines)
+
+
+def _finish(out, rows, meta, perf, prof, use_mlflow, notes: str = ""):
     from odedit.bench import report
 
-    paths = report.write_report(out, rows, meta, perf, prof)
+    paths = report.write_report(out, rows, meta, perf, prof, notes)
     console.print(f"report: [bold]{paths['md']}[/], [bold]{paths['html']}[/]")
     if use_mlflow:
         run_id = report.log_mlflow(out, meta, rows, perf)
