@@ -389,8 +389,10 @@ def _run_icl(adapter, spec, seed, requests, image_root, grid, cfg, on_edit) -> l
 def run_grid(adapter: MLLMAdapter, grid: Grid, requests_for_seed: Callable[[int], tuple[list, Path]],
              pool_for: Callable[[int, list, Path], object], base: EditConfig | None = None,
              on_edit: Callable[[], None] | None = None,
-             on_cell: Callable[[str, int], None] | None = None) -> list[Row]:
-    """Every (method, seed) of `grid`; returns one Row per (method, seed, mode, T)."""
+             on_cell: Callable[[str, int], None] | None = None,
+             on_rows: Callable[[list[Row]], None] | None = None) -> list[Row]:
+    """Every (method, seed) of `grid`; returns one Row per (method, seed, mode, T).
+    `on_rows` gets each (method, seed)'s rows as soon as they are measured."""
     rows: list[Row] = []
     for seed in grid.seeds:
         requests, root = requests_for_seed(seed)
@@ -398,7 +400,10 @@ def run_grid(adapter: MLLMAdapter, grid: Grid, requests_for_seed: Callable[[int]
         for spec in grid.specs:
             if on_cell:
                 on_cell(spec.name, seed)
-            rows += run_method(adapter, spec, seed, requests, root, pool, grid, base, on_edit)
+            new = run_method(adapter, spec, seed, requests, root, pool, grid, base, on_edit)
+            if on_rows:
+                on_rows(new)
+            rows += new
     return rows
 
 

@@ -129,17 +129,27 @@ def bench(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     total = grid.edits_per_cell() * len(grid.specs) * len(grid.seeds)
+    out.mkdir(parents=True, exist_ok=True)
+    partial = out / "rows.partial.jsonl"  # rows as they come (follow a long grid with tail -f)
+    partial.write_text("")
     with Progress(TextColumn("[bold]bench"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   TextColumn("{task.description}"), console=console, transient=True) as progress:
         task = progress.add_task("", total=total)
         rows = measure.run_grid(
             adapter, grid, requests_for_seed, pool_for, base,
             on_edit=lambda: progress.update(task, advance=1),
-            on_cell=lambda m, s: progress.update(task, description=f"{m} seed {s}"))
+            on_cell=lambda m, s: progress.update(task, description=f"{m} seed {s}"),
+            on_rows=lambda new: _append_partial(partial, new, t0))
     meta["wall_s"] = round(time.perf_counter() - t0, 1)
     _wide().print(report.rich_table(report.summarise(rows), title=f"odedit bench ({name})"))
     console.print(f"grid wall time {meta['wall_s']:.0f} s")
     _finish(out, rows, meta, None, None, mlflow)
+
+
+def _append_partial(path: Path, rows, t0: float) -> None:
+    with path.open("a") as f:
+        for r in rows:
+            f.write(json.dumps({**r.to_dict(), "elapsed_s": round(time.perf_counter() - t0, 1)}) + "\n")
 
 
 def _wide():
