@@ -96,7 +96,7 @@ IMAGE_KINDS = ("home", "food", "maker", "shape", "colour", "name", "caption")
 TEXT_KINDS = ("home", "food", "maker", "shape", "colour")
 
 TRAIN_STYLES = ("solid", "outline")  # view v uses TRAIN_STYLES[v % 2]
-HELDOUT_STYLE = "solid_light"        # compositional: solid shape on the outline style's light ground
+HELDOUT_STYLE = "solid_light"        # solid shape on a light ground (training grounds are dark)
 STYLES = TRAIN_STYLES + (HELDOUT_STYLE,)
 HELDOUT_FRACTION = 0.2
 
@@ -432,7 +432,7 @@ def _render(seed: int, index: int, shape: str, rgb: tuple[int, int, int], view: 
     S = 4  # supersampling
     rng = np.random.default_rng([seed, 3, index, view, STYLES.index(style)])
     colour = tuple(int(np.clip(c + rng.integers(-14, 15), 0, 255)) for c in rgb)
-    light = style in ("outline", "solid_light")
+    light = style == "solid_light"
     bg = int(rng.integers(205, 240)) if light else int(rng.integers(15, 60))
     bg_rgb = tuple(int(np.clip(bg + rng.integers(-8, 9), 0, 255)) for _ in range(3))
     img = Image.new("RGB", (32 * S, 32 * S), bg_rgb)
