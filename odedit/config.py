@@ -20,7 +20,8 @@ class BaseEditorConfig:
 
     layer: int | None = None  # decoder layer to edit; None -> num_layers // 2 (TUNED)
     proj: str = "down_proj"  # MLP projection edited (FT-L in EasyEdit edits mlp weights)
-    lr: float = 5e-3  # Adam learning rate (TUNED)
+    optimizer: Literal["adam", "sgd"] = "adam"  # EasyEdit's FT-L uses Adam
+    lr: float = 5e-3  # learning rate (TUNED)
     steps: int = 40  # optimisation steps per edit (TUNED)
     early_stop_loss: float | None = 0.05  # stop when the edit loss falls below (PRODUCT)
     norm_constraint: float | None = None  # FT-L: clamp |w - w0| elementwise (EasyEdit option)

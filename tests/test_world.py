@@ -26,8 +26,8 @@ def requests(world, tmp_path_factory):
 
 def test_world_is_deterministic_per_seed(tmp_path):
     a, b, c = World(0), World(0), World(1)
-    assert [(e.name, e.shape, e.colour, e.facts) for e in a.entities] == \
-           [(e.name, e.shape, e.colour, e.facts) for e in b.entities]
+    assert [(e.name, e.pattern, e.colour, e.facts) for e in a.entities] == \
+           [(e.name, e.pattern, e.colour, e.facts) for e in b.entities]
     assert [e.facts for e in a.entities] != [e.facts for e in c.entities]
     e = a.entities[5]
     assert a.render(e, 3).tobytes() == b.render(e, 3).tobytes()
@@ -41,7 +41,7 @@ def test_world_is_deterministic_per_seed(tmp_path):
 
 def test_entities_and_renders(world):
     assert len({e.name for e in world.entities}) == len(world.entities) >= 24
-    assert all(world.lookalikes(e) for e in world.entities if e.shape in ("circle", "square"))
+    assert all(world.lookalikes(e) for e in world.entities if e.pattern in ("hstripes", "checker"))
     for e in world.entities:
         for la in world.lookalikes(e):  # look-alikes never share a fact: locality is meaningful
             assert all(e.fact(a) != la.fact(a) for a in FACT_ATTRIBUTES)

@@ -65,7 +65,8 @@ def optimise_edit(adapter: MLLMAdapter, envset: EnvironmentSet, config: EditConf
                          prefix_layer=editor.layer if config.base.cache_prefix else None)
         objective = (ODEditObjective(adapter, batch, params, config.odedit, config.seed)
                      if config.uses_odedit else PlainObjective(adapter, batch))
-        opt = torch.optim.Adam(params, lr=config.base.lr)
+        opt_cls = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[config.base.optimizer]
+        opt = opt_cls(params, lr=config.base.lr)
         history, stats, step_seconds = [], [], []
         steps = 0
         for steps in range(1, config.base.steps + 1):

@@ -2,7 +2,7 @@
 
 This module owns everything the embedded model knows and everything the demo edits are about:
 
-  - the entities (shape x colour combinations, each with an invented one-word name and three
+  - the entities (fill-pattern x colour combinations, each with an invented one-word name and three
     invented facts: `home` -> a city, `food` -> a food, `maker` -> a maker), including
     look-alike entities (circle/hexagon, square/diamond, red/orange);
   - deterministic 32x32 renders of an entity (`render(entity, view, style)`), with training
@@ -30,7 +30,12 @@ from PIL import Image, ImageDraw
 from odedit.models.adapter import Sample
 
 # ----------------------------------------------------------------------------- vocabularies
-SHAPES = ["circle", "hexagon", "square", "diamond", "triangle", "star"]
+# An entity's visual identity is its colour and its fill PATTERN (a texture a patch-8 ViT can
+# see inside every patch); the outline of the blob varies from view to view (a nuisance), so
+# "other images of the same thing" genuinely differ. (Shapes as identity proved unlearnable for
+# the from-scratch 32x32 ViT: 35% on held-out views.)
+PATTERNS = ["solid", "hstripes", "vstripes", "checker", "dots", "diagonal"]
+BLOB_SHAPES = ["circle", "square", "hexagon", "diamond", "triangle"]
 COLOURS = {
     "red": (210, 45, 45),
     "orange": (232, 132, 36),
@@ -38,7 +43,7 @@ COLOURS = {
     "blue": (45, 85, 220),
 }
 # Pairs that look alike (the hard negatives of locality).
-LOOKALIKE_SHAPES = [("circle", "hexagon"), ("square", "diamond")]
+LOOKALIKE_PATTERNS = [("hstripes", "vstripes"), ("checker", "dots")]
 LOOKALIKE_COLOURS = [("red", "orange")]
 
 NAMES = [
@@ -75,9 +80,9 @@ PREDICATES = {
         "who made {o}", "who is the maker of {o}", "which company built {o}",
         "who built {o}", "what brand produced {o}", "who manufactures {o}",
     ],
-    "shape": [
-        "what shape is {o}", "what is the shape of {o}", "which form does {o} have",
-        "how is {o} shaped", "what outline does {o} have",
+    "pattern": [
+        "what pattern is {o}", "what is the pattern of {o}", "which texture does {o} have",
+        "how is {o} patterned", "what fill does {o} have",
     ],
     "colour": [
         "what colour is {o}", "what is the colour of {o}", "which colour does {o} have",
@@ -92,11 +97,11 @@ PREDICATES = {
         "summarise {o}",
     ],
 }
-IMAGE_KINDS = ("home", "food", "maker", "shape", "colour", "name", "caption")
-TEXT_KINDS = ("home", "food", "maker", "shape", "colour")
+IMAGE_KINDS = ("home", "food", "maker", "pattern", "colour", "name", "caption")
+TEXT_KINDS = ("home", "food", "maker", "pattern", "colour")
 
-TRAIN_STYLES = ("solid", "outline")  # view v uses TRAIN_STYLES[v % 2]
-HELDOUT_STYLE = "solid_light"        # solid shape on a light ground (training grounds are dark)
+TRAIN_STYLES = ("dark", "grey")  # view v uses TRAIN_STYLES[v % 2]: the ground's brightness
+HELDOUT_STYLE = "light"             # a light ground, never seen in training
 STYLES = TRAIN_STYLES + (HELDOUT_STYLE,)
 HELDOUT_FRACTION = 0.2
 
@@ -113,7 +118,7 @@ class Entity:
     """One thing of the world: what it looks like, what it is called and its invented facts."""
 
     index: int
-    shape: str
+    pattern: str
     colour: str
     name: str
     facts: tuple[tuple[str, str], ...]  # ((attribute, value), ...) in FACT_ATTRIBUTES order
@@ -125,8 +130,8 @@ class Entity:
         """The one-word answer to a question of `kind` about this entity."""
         if kind in FACT_ATTRIBUTES:
             return self.fact(kind)
-        if kind == "shape":
-            return self.shape
+        if kind == "pattern":
+            return self.pattern
         if kind == "colour":
             return self.colour
         if kind in ("name", "caption"):
@@ -151,20 +156,20 @@ class Phrasing:
 class World:
     """The seeded world. Everything (facts, renders, splits, requests) is a function of `seed`."""
 
-    def __init__(self, seed: int = 0, n_train_views: int = 12, n_heldout_views: int = 4):
+    def __init__(self, seed: int = 0, n_train_views: int = 24, n_heldout_views: int = 4):
         self.seed = seed
         rng = np.random.default_rng(seed)
         names = list(NAMES)
         rng.shuffle(names)
-        combos = list(itertools.product(SHAPES, COLOURS))
+        combos = list(itertools.product(PATTERNS, COLOURS))
         entities: list[Entity] = []
-        for i, (shape, colour) in enumerate(combos):
+        for i, (pattern, colour) in enumerate(combos):
             facts = []
             for attr in FACT_ATTRIBUTES:
-                taken = {e.fact(attr) for e in entities if _lookalike(shape, colour, e.shape, e.colour)}
+                taken = {e.fact(attr) for e in entities if _lookalike(pattern, colour, e.pattern, e.colour)}
                 choices = [v for v in ATTRIBUTE_VALUES[attr] if v not in taken] or ATTRIBUTE_VALUES[attr]
                 facts.append((attr, str(rng.choice(choices))))
-            entities.append(Entity(i, shape, colour, names[i], tuple(facts)))
+            entities.append(Entity(i, pattern, colour, names[i], tuple(facts)))
         self.entities: list[Entity] = entities
         self.by_name = {e.name: e for e in entities}
         self.train_views = list(range(n_train_views))
@@ -180,7 +185,7 @@ class World:
 
     def params(self) -> dict:
         return {
-            "seed": self.seed, "entities": len(self.entities), "shapes": SHAPES,
+            "seed": self.seed, "entities": len(self.entities), "patterns": PATTERNS,
             "colours": list(COLOURS), "attributes": list(FACT_ATTRIBUTES),
             "train_views": len(self.train_views), "heldout_views": len(self.heldout_views),
             "train_styles": list(TRAIN_STYLES), "heldout_style": HELDOUT_STYLE,
@@ -222,7 +227,7 @@ class World:
     # ------------------------------------------------------------------ look-alikes
     def lookalikes(self, entity: Entity) -> list[Entity]:
         return [e for e in self.entities if e is not entity
-                and _lookalike(entity.shape, entity.colour, e.shape, e.colour)]
+                and _lookalike(entity.pattern, entity.colour, e.pattern, e.colour)]
 
     # ------------------------------------------------------------------ rendering
     def style_of(self, view: int) -> str:
@@ -236,7 +241,7 @@ class World:
         style = style or self.style_of(view)
         if style not in STYLES:
             raise ValueError(f"unknown style {style!r} (known: {STYLES})")
-        return _render(self.seed, ent.index, ent.shape, COLOURS[ent.colour], view, style).copy()
+        return _render(self.seed, ent.index, ent.pattern, COLOURS[ent.colour], view, style).copy()
 
     def image_filename(self, entity: Entity, view: int, style: str | None = None) -> str:
         return f"{entity.name}_v{view:02d}_{style or self.style_of(view)}.png"
@@ -260,7 +265,7 @@ class World:
                     lines.append(ph.prompt())
                 else:
                     lines.extend(ph.prompt(n) for n in names)
-        lines.extend(names + SHAPES + list(COLOURS))
+        lines.extend(names + PATTERNS + list(COLOURS))
         for values in ATTRIBUTE_VALUES.values():
             lines.extend(values)
         return lines
@@ -395,12 +400,12 @@ class World:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _lookalike(shape_a: str, colour_a: str, shape_b: str, colour_b: str) -> bool:
-    if (shape_a, colour_a) == (shape_b, colour_b):
+def _lookalike(pattern_a: str, colour_a: str, pattern_b: str, colour_b: str) -> bool:
+    if (pattern_a, colour_a) == (pattern_b, colour_b):
         return False
     if colour_a == colour_b:
-        return any({shape_a, shape_b} == set(p) for p in LOOKALIKE_SHAPES)
-    if shape_a == shape_b:
+        return any({pattern_a, pattern_b} == set(p) for p in LOOKALIKE_PATTERNS)
+    if pattern_a == pattern_b:
         return any({colour_a, colour_b} == set(p) for p in LOOKALIKE_COLOURS)
     return False
 
@@ -427,34 +432,49 @@ def _shape_points(shape: str, cx: float, cy: float, r: float, rot: float) -> lis
     raise ValueError(shape)
 
 
-@lru_cache(maxsize=4096)
-def _render(seed: int, index: int, shape: str, rgb: tuple[int, int, int], view: int, style: str) -> Image.Image:
-    S = 4  # supersampling
+def _pattern_mask(pattern: str, px: int, py: int) -> np.ndarray:
+    """32x32 {0,1} mask of the fill pattern, with phase (px, py)."""
+    y, x = np.mgrid[0:32, 0:32]
+    x, y = x + px, y + py
+    if pattern == "solid":
+        return np.ones((32, 32))
+    if pattern == "hstripes":
+        return ((y // 2) % 2 == 0).astype(float)
+    if pattern == "vstripes":
+        return ((x // 2) % 2 == 0).astype(float)
+    if pattern == "checker":
+        return (((x // 2) + (y // 2)) % 2 == 0).astype(float)
+    if pattern == "dots":
+        return ((x % 4 < 2) & (y % 4 < 2)).astype(float)
+    if pattern == "diagonal":
+        return (((x + y) // 2) % 2 == 0).astype(float)
+    raise ValueError(pattern)
+
+
+@lru_cache(maxsize=8192)
+def _render(seed: int, index: int, pattern: str, rgb: tuple[int, int, int], view: int, style: str) -> Image.Image:
+    """A blob of a view-dependent outline, filled with the entity's colour in its pattern (the
+    pattern's gaps in a dimmed colour), on a ground whose brightness is the style."""
+    S = 4  # supersampling of the blob outline
     rng = np.random.default_rng([seed, 3, index, view, STYLES.index(style)])
-    colour = tuple(int(np.clip(c + rng.integers(-14, 15), 0, 255)) for c in rgb)
-    light = style == "solid_light"
-    bg = int(rng.integers(205, 240)) if light else int(rng.integers(15, 60))
-    bg_rgb = tuple(int(np.clip(bg + rng.integers(-8, 9), 0, 255)) for _ in range(3))
-    img = Image.new("RGB", (32 * S, 32 * S), bg_rgb)
-    draw = ImageDraw.Draw(img)
-    r = float(rng.uniform(8.5, 12.0)) * S
-    cx = (16 + float(rng.uniform(-3.5, 3.5))) * S
-    cy = (16 + float(rng.uniform(-3.5, 3.5))) * S
-    rot = float(np.deg2rad(rng.uniform(-10, 10)))
-    width = int(round(rng.uniform(2.2, 3.0) * S))
-    if shape == "circle":
-        box = [cx - r, cy - r, cx + r, cy + r]
-        if style == "outline":
-            draw.ellipse(box, outline=colour, width=width)
-        else:
-            draw.ellipse(box, fill=colour)
+    colour = np.array([np.clip(c + rng.integers(-14, 15), 0, 255) for c in rgb], dtype=np.float32)
+    lo, hi = {"dark": (10, 50), "grey": (60, 100), "light": (200, 240)}[style]
+    bg = np.array([np.clip(int(rng.integers(lo, hi)) + rng.integers(-8, 9), 0, 255) for _ in range(3)],
+                  dtype=np.float32)
+    blob = BLOB_SHAPES[int(rng.integers(len(BLOB_SHAPES)))]
+    r = float(rng.uniform(9.0, 12.5)) * S
+    cx = (16 + float(rng.uniform(-3.0, 3.0))) * S
+    cy = (16 + float(rng.uniform(-3.0, 3.0))) * S
+    rot = float(np.deg2rad(rng.uniform(-20, 20)))
+    canvas = Image.new("L", (32 * S, 32 * S), 0)
+    draw = ImageDraw.Draw(canvas)
+    if blob == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
     else:
-        pts = _shape_points(shape, cx, cy, r, rot)
-        if style == "outline":
-            draw.line(pts + pts[:2], fill=colour, width=width, joint="curve")
-        else:
-            draw.polygon(pts, fill=colour)
-    img = img.resize((32, 32), Image.Resampling.BOX)
-    arr = np.asarray(img).astype(np.float32)
-    arr += rng.normal(0.0, 7.0, size=arr.shape)
+        draw.polygon(_shape_points(blob, cx, cy, r, rot), fill=255)
+    cover = np.asarray(canvas.resize((32, 32), Image.Resampling.BOX), dtype=np.float32)[..., None] / 255.0
+    mask = _pattern_mask(pattern, int(rng.integers(4)), int(rng.integers(4)))[..., None]
+    fill = mask * colour + (1 - mask) * (0.45 * colour + 0.55 * bg)
+    arr = cover * fill + (1 - cover) * bg
+    arr = arr + rng.normal(0.0, 6.0, size=arr.shape)
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
