@@ -135,6 +135,8 @@ def plot_metric_vs_t(summary: Sequence[dict], path: Path) -> Path | None:
     seq = [e for e in summary if e["mode"] == "sequential"]
     if not seq:
         return None
+    have_t1 = {e["method"] for e in seq if e["T"] == 1}  # else the single-edit row stands for T=1
+    seq += [{**e, "T": 1} for e in summary if e["mode"] == "single" and e["method"] not in have_t1]
     plt = _plt()
     cols = list(METRICS) + ["seconds_per_edit"]
     fig, grid_axes = plt.subplots(2, 3, figsize=(14, 7.5))
