@@ -54,6 +54,7 @@ class ODEditConfig:
     n_image_aug: int = 2  # SE image transformations of the edit image (INFERRED)
     n_out_text: int = 4  # OUT text-only probes per step, from the locality pool (PRODUCT)
     n_out_image: int = 4  # OUT image probes per step, from the locality pool (PRODUCT)
+    out_selection: Literal["nearest", "random"] = "nearest"  # which pool probes become OUT (PRODUCT)
 
 
 @dataclass

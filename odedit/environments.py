@@ -85,6 +85,21 @@ def augment_image(image: Image.Image, rng: random.Random) -> Image.Image:
     return ImageEnhance.Contrast(out).enhance(rng.uniform(0.9, 1.1))
 
 
+def _words(text: str) -> set[str]:
+    return set(text.lower().split())
+
+
+def _pick_out(pool: list[Sample], k: int, prompt: str, how: str, rng: random.Random) -> list[Sample]:
+    """k OUT probes: "nearest" takes those whose wording overlaps the edit prompt most (the hard
+    negatives an edit is most likely to disturb; PRODUCT choice), "random" a uniform sample."""
+    if how == "random" or k >= len(pool):
+        return rng.sample(pool, min(k, len(pool)))
+    ref = _words(prompt)
+    keyed = [(len(ref & _words(s.prompt)) / max(1, len(ref | _words(s.prompt))), rng.random(), i)
+             for i, s in enumerate(pool)]
+    return [pool[i] for *_, i in sorted(keyed, reverse=True)[:k]]
+
+
 def _mentions(text: str, subject: str | None) -> bool:
     return bool(subject) and subject.lower() in text.lower().split()
 
@@ -129,8 +144,8 @@ def build_environments(
     ]
     text_pool = [s for s in usable if s.image is None]
     image_pool = [s for s in usable if s.image is not None]
-    out_text = rng.sample(text_pool, min(config.n_out_text, len(text_pool)))
-    out_image = rng.sample(image_pool, min(config.n_out_image, len(image_pool)))
+    out_text = _pick_out(text_pool, config.n_out_text, request.src, config.out_selection, rng)
+    out_image = _pick_out(image_pool, config.n_out_image, request.src, config.out_selection, rng)
     if out_text:
         train.append(Environment("OUT/text", "OUT", out_text))
     if out_image:
