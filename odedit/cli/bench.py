@@ -43,7 +43,9 @@ def bench(
     mlflow: bool = typer.Option(False, "--mlflow", help="Log the report as artifacts of an MLflow run "
                                 "(MLFLOW_TRACKING_URI, else sqlite:///$ODEDIT_STATE_DIR/mlflow.db)."),
     device: Optional[str] = typer.Option(None, help="cpu / cuda (default: cuda when available)."),
-    threads: Optional[int] = typer.Option(None, help="torch CPU threads (default: torch's)."),
+    threads: Optional[int] = typer.Option(None, help="torch CPU threads. Default on CPU: 1 (faster for "
+                                          "small models on few cores, and not derailed by other jobs; "
+                                          "see bench/README.md); 0 = torch's default."),
 ):
     """Run a grid of methods (ft-l, lora, odedit-*, ablations like odedit-ft-l[-tv], icl) over
     edits, single and sequential; print a table (mean ± std over seeds) and write
@@ -55,7 +57,9 @@ def bench(
     from odedit.config import EditConfig
     from odedit.pools import locality_pool_for, world_of
 
-    if threads:
+    if threads is None:  # decided after the device is known (below)
+        pass
+    elif threads > 0:
         torch.set_num_threads(threads)
     name = "quick" if quick else grid_name
     if name not in G.GRIDS:
@@ -79,6 +83,8 @@ def bench(
     from odedit.cli.edit import _load_model
 
     ref, adapter = _load_model(model, device)
+    if threads is None and adapter.device.type == "cpu":
+        torch.set_num_threads(1)
     world = world_of(ref) if data is None and Path(str(ref)).is_dir() else None
     if data is None and world is None:
         console.print("[red]error[/] this model has no world to generate edits from: pass --data FILE")
