@@ -2,9 +2,9 @@
 
 This module owns everything the embedded model knows and everything the demo edits are about:
 
-  - the entities (fill-pattern x colour combinations, each with an invented one-word name and three
+  - the entities (body colour x stripe colour combinations, each with an invented one-word name and three
     invented facts: `home` -> a city, `food` -> a food, `maker` -> a maker), including
-    look-alike entities (circle/hexagon, square/diamond, red/orange);
+    look-alike entities (red/orange bodies, pink/purple and white/yellow stripes);
   - deterministic 32x32 renders of an entity (`render(entity, view, style)`), with training
     views, held-out views and one held-out visual style;
   - compositional question phrasings (prefix x predicate x object noun) with a train /
@@ -30,11 +30,21 @@ from PIL import Image, ImageDraw
 from odedit.models.adapter import Sample
 
 # ----------------------------------------------------------------------------- vocabularies
-# An entity's visual identity is its colour and its fill PATTERN (a texture a patch-8 ViT can
-# see inside every patch); the outline of the blob varies from view to view (a nuisance), so
-# "other images of the same thing" genuinely differ. (Shapes as identity proved unlearnable for
-# the from-scratch 32x32 ViT: 35% on held-out views.)
-PATTERNS = ["solid", "hstripes", "vstripes", "checker", "dots", "diagonal"]
+# An entity's visual identity is its body colour and the colour of its stripes: both are
+# visible inside every 8x8 patch (patch means and pixel values), which a from-scratch patch-8
+# ViT learns quickly. Blob outline, stripe orientation and phase, position, size, rotation,
+# ground and noise vary from view to view (nuisances), so "other images of the same thing"
+# genuinely differ. (Shapes, then fill textures, as identity proved unlearnable for the tiny
+# ViT: 35% and chance level on held-out views.)
+STRIPES = {
+    "white": (235, 235, 235),
+    "yellow": (240, 215, 40),
+    "purple": (135, 60, 205),
+    "cyan": (40, 215, 225),
+    "pink": (250, 140, 195),
+    "brown": (125, 75, 35),
+}
+PATTERNS = list(STRIPES)
 BLOB_SHAPES = ["circle", "square", "hexagon", "diamond", "triangle"]
 COLOURS = {
     "red": (210, 45, 45),
@@ -43,7 +53,7 @@ COLOURS = {
     "blue": (45, 85, 220),
 }
 # Pairs that look alike (the hard negatives of locality).
-LOOKALIKE_PATTERNS = [("hstripes", "vstripes"), ("checker", "dots")]
+LOOKALIKE_PATTERNS = [("pink", "purple"), ("white", "yellow")]
 LOOKALIKE_COLOURS = [("red", "orange")]
 
 NAMES = [
@@ -81,8 +91,8 @@ PREDICATES = {
         "who built {o}", "what brand produced {o}", "who manufactures {o}",
     ],
     "pattern": [
-        "what pattern is {o}", "what is the pattern of {o}", "which texture does {o} have",
-        "how is {o} patterned", "what fill does {o} have",
+        "what colour are the stripes of {o}", "what is the stripe colour of {o}",
+        "which stripes does {o} have", "how is {o} striped", "what colour is the trim of {o}",
     ],
     "colour": [
         "what colour is {o}", "what is the colour of {o}", "which colour does {o} have",
@@ -432,29 +442,17 @@ def _shape_points(shape: str, cx: float, cy: float, r: float, rot: float) -> lis
     raise ValueError(shape)
 
 
-def _pattern_mask(pattern: str, px: int, py: int) -> np.ndarray:
-    """32x32 {0,1} mask of the fill pattern, with phase (px, py)."""
+def _stripe_mask(orientation: int, phase: int) -> np.ndarray:
+    """32x32 {0,1} mask of 2-pixel stripes (period 4): 0 horizontal, 1 vertical, 2/3 diagonal."""
     y, x = np.mgrid[0:32, 0:32]
-    x, y = x + px, y + py
-    if pattern == "solid":
-        return np.ones((32, 32))
-    if pattern == "hstripes":
-        return ((y // 2) % 2 == 0).astype(float)
-    if pattern == "vstripes":
-        return ((x // 2) % 2 == 0).astype(float)
-    if pattern == "checker":
-        return (((x // 2) + (y // 2)) % 2 == 0).astype(float)
-    if pattern == "dots":
-        return ((x % 4 < 2) & (y % 4 < 2)).astype(float)
-    if pattern == "diagonal":
-        return (((x + y) // 2) % 2 == 0).astype(float)
-    raise ValueError(pattern)
+    coord = [y, x, x + y, x - y + 64][orientation] + phase
+    return ((coord // 2) % 2 == 0).astype(float)
 
 
 @lru_cache(maxsize=8192)
 def _render(seed: int, index: int, pattern: str, rgb: tuple[int, int, int], view: int, style: str) -> Image.Image:
-    """A blob of a view-dependent outline, filled with the entity's colour in its pattern (the
-    pattern's gaps in a dimmed colour), on a ground whose brightness is the style."""
+    """A blob of a view-dependent outline in the entity's body colour, striped in its stripe
+    colour (`pattern`), on a ground whose brightness is the style."""
     S = 4  # supersampling of the blob outline
     rng = np.random.default_rng([seed, 3, index, view, STYLES.index(style)])
     colour = np.array([np.clip(c + rng.integers(-14, 15), 0, 255) for c in rgb], dtype=np.float32)
@@ -473,8 +471,9 @@ def _render(seed: int, index: int, pattern: str, rgb: tuple[int, int, int], view
     else:
         draw.polygon(_shape_points(blob, cx, cy, r, rot), fill=255)
     cover = np.asarray(canvas.resize((32, 32), Image.Resampling.BOX), dtype=np.float32)[..., None] / 255.0
-    mask = _pattern_mask(pattern, int(rng.integers(4)), int(rng.integers(4)))[..., None]
-    fill = mask * colour + (1 - mask) * (0.45 * colour + 0.55 * bg)
+    stripe = np.array([np.clip(c + rng.integers(-10, 11), 0, 255) for c in STRIPES[pattern]], dtype=np.float32)
+    mask = _stripe_mask(int(rng.integers(4)), int(rng.integers(4)))[..., None]
+    fill = mask * stripe + (1 - mask) * colour
     arr = cover * fill + (1 - cover) * bg
     arr = arr + rng.normal(0.0, 6.0, size=arr.shape)
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
