@@ -70,13 +70,19 @@ def promote(
     name: str = typer.Argument(state.DEFAULT_MODEL_NAME, help=NAME_HELP),
     version: Optional[str] = typer.Option(None, "--version", help="Gated version to promote (default: the candidate)."),
     gate_config: Optional[Path] = typer.Option(None, "--gate-config", help="Gate thresholds for the re-check."),
+    deployment: Optional[str] = typer.Option(None, "--deployment", help="Section of the gate config to apply to the re-check."),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=URI_HELP),
 ):
     """Move `champion` to the candidate after re-checking its gate against the current champion."""
     _env(tracking_uri)
     from flows.promote import promote as flow
+    from tasks.lifecycle import PromotionRefused
 
-    res = flow(name, version, str(gate_config) if gate_config else None)
+    try:
+        res = flow(name, version, str(gate_config) if gate_config else None, deployment)
+    except PromotionRefused as exc:
+        console.print(f"[red]refused:[/] {exc}")
+        raise typer.Exit(1)
     console.print(json.dumps(res, indent=2))
     if res["status"] == "refused":
         raise typer.Exit(1)
@@ -91,8 +97,14 @@ def rollback(
     """Move `champion` back to a named or the previous version (versions are never changed)."""
     _env(tracking_uri)
     from flows.rollback import rollback as flow
+    from tasks.lifecycle import PromotionRefused
 
-    console.print(json.dumps(flow(name, to), indent=2))
+    try:
+        res = flow(name, to)
+    except PromotionRefused as exc:
+        console.print(f"[red]refused:[/] {exc}")
+        raise typer.Exit(1)
+    console.print(json.dumps(res, indent=2))
 
 
 @app.command()
