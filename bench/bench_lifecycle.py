@@ -3,7 +3,7 @@ request file (default 20), split into edit optimisation vs everything around it 
 evaluation, model load, probes, validation, Prefect orchestration, MLflow registry I/O).
 
     python bench/bench_lifecycle.py [--edits 20] [--model DIR] [--method odedit-ft-l] [--steps N]
-                                    [--deployment demo] [--json FILE] [--keep]
+                                    [--deployment demo] [--threads N] [--json FILE] [--keep]
 
 Sources of each number:
   - flow wall: the `edit_batch(...)` flow call, end to end (perf_counter around the call);
@@ -145,6 +145,7 @@ def main(argv=None) -> dict:
                          "registry cost is measured even on an untrained model)")
     ap.add_argument("--seed", type=int, default=0, help="demo-request seed")
     ap.add_argument("--probes", type=int, default=None, help="regression probes (ODEDIT_PROBE_COUNT; default 48)")
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's default, as the flow runs)")
     ap.add_argument("--json", help="also write the numbers as JSON to FILE")
     ap.add_argument("--keep", action="store_true", help="keep the temporary state directory")
     a = ap.parse_args(argv)
@@ -172,6 +173,8 @@ def run(a, work: Path) -> dict:
     t_import = time.perf_counter()
     import torch
 
+    if a.threads:
+        torch.set_num_threads(a.threads)
     from odedit.lifecycle import state
 
     state.configure_environment()
