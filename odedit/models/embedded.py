@@ -81,6 +81,47 @@ class _Bank:
         return inputs, self.labels[idx, :length]
 
 
+def tail_prior(tokenizer, world: World, ratio: float = 0.55, fillers: int = 10, seed: int = 0) -> torch.Tensor:
+    """[V, V]: row a is the graded belief over ALTERNATIVES to answer token a: the other members
+    of a's answer set in a fixed seeded order, then `fillers` fixed other words, with weights
+    decaying by `ratio` per rank. Training on (1 - m) * one-hot + m * this row gives the model a
+    structured, well-separated tail (like a real LM's runner-up answers), so top-10 locality
+    (M-Loc) measures disturbed beliefs rather than the order of near-equal leftover logits."""
+    vocab = len(tokenizer)
+    prior = torch.zeros(vocab, vocab)
+    rng = random.Random(seed)
+    words = [w for w in world.corpus() if len(w.split()) == 1]
+    ids = sorted({tokenizer.convert_tokens_to_ids(w) for w in words} - set(tokenizer.all_special_ids))
+    for group in world.answer_sets():
+        gids = [tokenizer.convert_tokens_to_ids(w) for w in group]
+        order = gids[:]
+        rng.shuffle(order)
+        others = [i for i in ids if i not in gids]
+        rng.shuffle(others)
+        for a in gids:
+            alts = [i for i in order if i != a] + others[:fillers]
+            weights = torch.tensor([ratio ** k for k in range(len(alts))])
+            prior[a, alts] = weights / weights.sum()
+    return prior
+
+
+def _soft_answer_loss(logits: torch.Tensor, labels: torch.Tensor, prior: torch.Tensor | None,
+                      tail_mass: float) -> torch.Tensor:
+    """Cross-entropy over the target tokens; at each sample's answer token the target is
+    (1 - tail_mass) * one-hot + tail_mass * prior[answer] (hard targets when prior is None)."""
+    logits, labels = logits[:, :-1].float(), labels[:, 1:]
+    mask = labels != IGNORE_INDEX
+    logp = torch.log_softmax(logits, dim=-1)
+    target = torch.nn.functional.one_hot(labels.clamp(min=0), logits.shape[-1]).float()
+    if prior is not None and tail_mass > 0:
+        first = mask.float().argmax(dim=1)
+        rows = torch.arange(labels.shape[0])
+        answer = labels[rows, first]
+        target[rows, first] = (1 - tail_mass) * target[rows, first] + tail_mass * prior[answer]
+    per_tok = -(target * logp).sum(-1)
+    return (per_tok * mask).sum() / mask.sum()
+
+
 def _lr_lambda(warmup: int, total: int):
     def f(step: int) -> float:
         if step < warmup:
@@ -102,6 +143,7 @@ def pretrain(
     threads: int | None = 2,
     progress: bool = True,
     checkpoint_every: int = 500,
+    tail_mass: float = 0.2,
 ) -> dict:
     """Build tokenizer/processor/model, pretrain on `World(seed)`, save to `out_dir` with a
     `train_report.json`, and return that report."""
@@ -117,6 +159,7 @@ def pretrain(
     model = tiny_llava.build_model(tokenizer, spec, seed=seed)
     adapter = MLLMAdapter(model, processor, torch.device("cpu"), name="embedded")
 
+    prior = tail_prior(tokenizer, world, seed=seed) if tail_mass > 0 else None
     examples = world.training_examples()
     image_bank = _Bank(adapter, [s for s in examples if s.image is not None])
     text_bank = _Bank(adapter, [s for s in examples if s.image is None])
@@ -142,7 +185,7 @@ def pretrain(
         opt.zero_grad(set_to_none=True)
         for bank, n in ((image_bank, n_img), (text_bank, n_text)):
             inputs, labels = bank.batch(torch.randint(len(bank), (n,), generator=gen))
-            loss = model(**inputs, labels=labels).loss
+            loss = _soft_answer_loss(model(**inputs).logits, labels, prior, tail_mass)
             (loss * (n / batch_size)).backward()
             parts.append(float(loss.detach()))
         total = (parts[0] * n_img + parts[1] * n_text) / batch_size
@@ -172,6 +215,7 @@ def pretrain(
         "text_fraction": text_fraction,
         "lr": lr,
         "warmup": warmup,
+        "tail_mass": tail_mass,
         "schedule": "linear warm-up then linear decay; AdamW(0.9, 0.98), wd 0.01, grad clip 1.0",
         "threads": threads,
         "wall_seconds": round(time.time() - t0, 1),
@@ -187,7 +231,8 @@ def pretrain(
         "spec": spec.to_dict(),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "command": f"python -m odedit.models.embedded --out {out_dir} --seed {seed} --steps {steps} --lr {lr}",
+        "command": f"python -m odedit.models.embedded --out {out_dir} --seed {seed} --steps {steps} --lr {lr} "
+                   f"--tail-mass {tail_mass} --threads {threads}",
     }
     (out_dir / REPORT_NAME).write_text(json.dumps(report, indent=2))
     return report
@@ -248,12 +293,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="optimiser steps")
     parser.add_argument("--lr", type=float, default=DEFAULT_LR, help="peak learning rate")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--tail-mass", type=float, default=0.2,
+                        help="probability mass of the graded runner-up beliefs (0: hard targets)")
     parser.add_argument("--evaluate-only", action="store_true", help="only evaluate the model in --out")
     args = parser.parse_args(argv)
     if args.evaluate_only:
         print(json.dumps(evaluate(args.out), indent=2))
         return 0
-    report = pretrain(args.out, seed=args.seed, steps=args.steps, lr=args.lr, threads=args.threads)
+    report = pretrain(args.out, seed=args.seed, steps=args.steps, lr=args.lr, threads=args.threads,
+                      tail_mass=args.tail_mass)
     print(json.dumps({k: report[k] for k in ("wall_seconds", "parameters", "final_loss", "accuracies")}, indent=2))
     return 0
 

@@ -264,6 +264,12 @@ class World:
             self.render(entity, view, style).save(path)
         return rel
 
+    def answer_sets(self) -> list[list[str]]:
+        """The disjoint candidate sets answers come from (names, body colours, stripe colours,
+        each fact attribute's values): the alternatives a question's belief ranks."""
+        return [[e.name for e in self.entities], list(COLOURS), list(PATTERNS)] + \
+            [list(v) for v in ATTRIBUTE_VALUES.values()]
+
     # ------------------------------------------------------------------ corpora
     def corpus(self) -> list[str]:
         """Every string that can appear (prompts of all phrasings, all answers)."""
