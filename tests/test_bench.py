@@ -12,6 +12,18 @@ from odedit.bench import grid as G
 from odedit.bench import measure, report
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The bench's own CPU default (1 thread: several times faster for the tiny model on a
+    shared 2-core box); restored afterwards for the rest of the suite."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def test_quick_and_full_grids_have_spreads():
     for g in (G.QUICK, G.FULL):
         assert len(g.seeds) >= 3, g.name
