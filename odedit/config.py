@@ -55,6 +55,7 @@ class ODEditConfig:
     n_out_text: int = 4  # OUT text-only probes per step, from the locality pool (PRODUCT)
     n_out_image: int = 4  # OUT image probes per step, from the locality pool (PRODUCT)
     out_selection: Literal["nearest", "random"] = "nearest"  # which pool probes become OUT (PRODUCT)
+    stop_on: Literal["all", "in"] = "all"  # early stop when every IN+SE NLL, or the IN NLL, is low (PRODUCT)
 
 
 @dataclass

@@ -89,14 +89,32 @@ def _words(text: str) -> set[str]:
     return set(text.lower().split())
 
 
-def _pick_out(pool: list[Sample], k: int, prompt: str, how: str, rng: random.Random) -> list[Sample]:
-    """k OUT probes: "nearest" takes those whose wording overlaps the edit prompt most (the hard
-    negatives an edit is most likely to disturb; PRODUCT choice), "random" a uniform sample."""
+def _thumb(image: Image.Image):
+    """A centred 8x8 RGB thumbnail as a unit vector: a crude, model-free look-alike measure."""
+    import numpy as np
+
+    v = np.asarray(image.convert("RGB").resize((8, 8), Image.BILINEAR), dtype=np.float32).ravel()
+    v = v - v.mean()
+    return v / (np.linalg.norm(v) + 1e-6)
+
+
+def _pick_out(pool: list[Sample], k: int, edit: Sample, how: str, rng: random.Random) -> list[Sample]:
+    """k OUT probes: "nearest" takes those most like the edit - wording overlap (Jaccard) plus,
+    for images, thumbnail similarity - i.e. the hard negatives (look-alikes asked the same kind
+    of question) an edit is most likely to disturb (PRODUCT choice); "random" a uniform sample."""
     if how == "random" or k >= len(pool):
         return rng.sample(pool, min(k, len(pool)))
-    ref = _words(prompt)
-    keyed = [(len(ref & _words(s.prompt)) / max(1, len(ref | _words(s.prompt))), rng.random(), i)
-             for i, s in enumerate(pool)]
+    ref = _words(edit.prompt)
+    ref_img = _thumb(edit.image) if edit.image is not None else None
+
+    def score(s: Sample) -> float:
+        words = _words(s.prompt)
+        value = len(ref & words) / max(1, len(ref | words))
+        if ref_img is not None and s.image is not None:
+            value += float(ref_img @ _thumb(s.image))
+        return value
+
+    keyed = [(score(s), rng.random(), i) for i, s in enumerate(pool)]
     return [pool[i] for *_, i in sorted(keyed, reverse=True)[:k]]
 
 
@@ -144,8 +162,8 @@ def build_environments(
     ]
     text_pool = [s for s in usable if s.image is None]
     image_pool = [s for s in usable if s.image is not None]
-    out_text = _pick_out(text_pool, config.n_out_text, request.src, config.out_selection, rng)
-    out_image = _pick_out(image_pool, config.n_out_image, request.src, config.out_selection, rng)
+    out_text = _pick_out(text_pool, config.n_out_text, edit, config.out_selection, rng)
+    out_image = _pick_out(image_pool, config.n_out_image, edit, config.out_selection, rng)
     if out_text:
         train.append(Environment("OUT/text", "OUT", out_text))
     if out_image:

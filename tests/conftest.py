@@ -14,7 +14,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 import pytest
 import torch
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # the embedded model is tiny: see odedit.device.configure_threads
 
 
 @pytest.fixture(scope="session")

@@ -30,3 +30,16 @@ def test_explicit_dtype_and_unknown_dtype():
     assert pick_dtype(torch.device("cpu"), "bfloat16") == torch.bfloat16
     with pytest.raises(ValueError, match="unknown dtype"):
         pick_dtype(torch.device("cpu"), "float13")
+
+
+def test_threads_one_for_tiny_models_unless_overridden(monkeypatch):
+    from odedit.device import configure_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("ODEDIT_THREADS", raising=False)
+        assert configure_threads(2_000_000, torch.device("cpu")) == 1
+        monkeypatch.setenv("ODEDIT_THREADS", "2")
+        assert configure_threads(2_000_000, torch.device("cpu")) == 2
+    finally:
+        torch.set_num_threads(before)

@@ -22,7 +22,6 @@ def report() -> dict:
 
 @pytest.fixture(scope="module")
 def adapter() -> MLLMAdapter:
-    torch.set_num_threads(2)
     return MLLMAdapter.load(default_model_path(), device="cpu")
 
 

@@ -36,6 +36,8 @@ class LoRAEditor(BaseEditor):
         setattr(self.adapter.model.get_submodule(parent_name), child, base)
         base.weight.requires_grad_(False)
         self.module = base
+        if hasattr(self.adapter.model, "peft_config"):  # left by inject_adapter_in_model
+            del self.adapter.model.peft_config
 
     def end(self) -> None:
         self._unwrap(merge=True)

@@ -114,7 +114,7 @@ class ODEditObjective:
             env_risks.append(risk)
         total = sum(torch.stack(v).mean() for v in risks.values() if v)
         stats = {f"risk_{k.lower()}": torch.stack(v).mean().item() for k, v in risks.items() if v}
-        stats["fit"] = max(fits)
+        stats["fit"] = fits[0] if cfg.stop_on == "in" else max(fits)  # fits[0] is IN
         if cfg.tv and self.step_index >= cfg.tv_warmup_steps and len(env_risks) > 1:
             grads = [torch.autograd.grad(r, w, create_graph=True)[0] for r in env_risks]
             penalty = torch.stack([g.abs() for g in grads]).mean().pow(2)

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from odedit.device import pick_device, pick_dtype
+from odedit.device import configure_threads, pick_device, pick_dtype
 
 IGNORE_INDEX = -100
 
@@ -100,6 +100,7 @@ class MLLMAdapter:
         except OSError as exc:  # not found locally and not reachable on a hub
             raise ModelLoadError(f"cannot load model {ref!r}: {exc}") from exc
         model.to(dev)
+        configure_threads(sum(p.numel() for p in model.parameters()), dev)
         return cls(model, processor, dev, name=ref)
 
     # ------------------------------------------------------------------ prompts

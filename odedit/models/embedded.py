@@ -36,7 +36,7 @@ SHIPPED_SPEC = TinyLlavaSpec(
     image_size=32, patch_size=8, vision_hidden=128, vision_layers=2, vision_heads=4,
     text_hidden=192, text_layers=4, text_heads=4, text_intermediate=512, max_positions=128,
 )
-DEFAULT_STEPS = 2200
+DEFAULT_STEPS = 2500
 DEFAULT_LR = 1.5e-3
 
 
