@@ -21,9 +21,9 @@ class BaseEditorConfig:
     layer: int | None = None  # decoder layer to edit; None -> num_layers // 2 (TUNED)
     proj: str = "down_proj"  # MLP projection edited (FT-L in EasyEdit edits mlp weights)
     optimizer: Literal["adam", "sgd"] = "adam"  # EasyEdit's FT-L uses Adam
-    lr: float = 2e-3  # learning rate (TUNED: odedit bench sweeps, embedded model)
-    steps: int = 60  # cap on optimisation steps per edit (TUNED; early stop usually ends at ~10-25)
-    early_stop_loss: float | None = 0.3  # stop once the target NLL < 0.3, p > 0.74 (TUNED)
+    lr: float = 1e-3  # learning rate (TUNED: sweeps on the embedded model; larger cost M-Loc)
+    steps: int = 100  # cap on optimisation steps per edit (TUNED; early stop usually ends at ~15-35)
+    early_stop_loss: float | None = 0.5  # stop once the target NLL < 0.5, p > 0.6 (TUNED)
     norm_constraint: float | None = None  # FT-L: clamp |w - w0| elementwise (EasyEdit option)
     lora_rank: int = 4
     lora_alpha: float = 8.0
