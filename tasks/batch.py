@@ -19,7 +19,10 @@ def validate_requests(source: str, out_dir: str) -> batch.Validated:
 
 @task(name="build-environments", cache_policy=NO_CACHE)
 def build_environments(requests, image_root: str, cfg, base_path: str) -> dict:
-    return batch.environment_hashes(requests, image_root, cfg, batch.world_pool(base_path, cfg.seed))
+    from odedit.lifecycle.state import envsets_dir
+
+    return batch.environment_hashes(requests, image_root, cfg, batch.world_pool(base_path, cfg.seed),
+                                    store=envsets_dir())
 
 
 @task(name="optimise-edits", retries=0, cache_policy=NO_CACHE)  # no retry: a diverged edit diverges again

@@ -57,6 +57,14 @@ def test_batch_promote_rollback_history(harness, tiny_model, state):
     assert {"requests.jsonl", "gate_report.json", "environment_sets.json", "before_after.png", "edits.json",
             "validation", "model"} <= arts or {"requests.jsonl", "gate_report.json", "edits.json"} <= arts
 
+    # each request's environment set is kept as a datasets Dataset keyed by its request hash
+    from odedit import envstore
+    from odedit.lifecycle.state import envsets_dir
+
+    saved = sorted(p.name for p in envsets_dir().iterdir())
+    assert len(saved) == 2
+    assert envstore.load(envsets_dir(), saved[0]).heldout.reliability
+
     # compact: the version holds a delta, not the weights
     import mlflow
 

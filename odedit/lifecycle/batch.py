@@ -51,9 +51,11 @@ def _sample_digest(h, s) -> None:
 
 
 def environment_hashes(requests: Sequence[EditRequest], image_root: str | Path, cfg: EditConfig,
-                       pool: Sequence | Callable = ()) -> dict[str, dict]:
+                       pool: Sequence | Callable = (), store: str | Path | None = None) -> dict[str, dict]:
     """Build every request's IN/SE/OUT environments (the same construction `run_edits` uses,
-    same seed) and return a content hash and sizes of each environment set."""
+    same seed) and return a content hash and sizes of each environment set; with `store`, each
+    set is also saved there as a `datasets` Dataset keyed by the request hash (`envstore`)."""
+    from odedit import envstore
     from odedit.environments import build_environments
 
     out = {}
@@ -68,6 +70,8 @@ def environment_hashes(requests: Sequence[EditRequest], image_root: str | Path, 
         out[req.id] = {"request_hash": es.request_hash, "environment_set_hash": h.hexdigest()[:16],
                        "environments": {e.name: len(e.samples) for e in es.train},
                        "heldout": {k: len(getattr(es.heldout, k)) for k in ("reliability", "t_gen", "m_gen", "t_loc", "m_loc")}}
+        if store is not None:
+            out[req.id]["dataset"] = str(envstore.save(es, store))
     return out
 
 

@@ -47,6 +47,13 @@ def inbox_dir() -> Path:
     return state_dir() / "inbox"
 
 
+def envsets_dir() -> Path:
+    """Environment sets as `datasets` Datasets, one directory per request hash."""
+    path = state_dir() / "envsets"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def work_dir() -> Path:
     d = state_dir() / "work"
     d.mkdir(parents=True, exist_ok=True)
