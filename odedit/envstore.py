@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from datasets import Dataset, Features, Image as ImageFeature, Value, load_from_disk
+from datasets import Dataset, Features, Image as ImageFeature, Value, disable_progress_bars, load_from_disk
 from PIL import Image
 
 from odedit.environments import Environment, EnvironmentSet, HeldOut
@@ -72,6 +72,7 @@ def path_for(root: str | Path, request_hash: str) -> Path:
 
 def save(es: EnvironmentSet, root: str | Path) -> Path:
     """Save under ROOT/<request_hash>; an existing set for the same hash is kept as it is."""
+    disable_progress_bars()  # one bar per tiny set is noise in batch logs
     path = path_for(root, es.request_hash)
     if not path.exists():
         tmp = path.with_name(path.name + ".tmp")

@@ -43,3 +43,29 @@ def world_requests(world, tmp_path_factory):
     """(image_root, requests): eight deterministic world edits."""
     root = tmp_path_factory.mktemp("world_images")
     return root, world.demo_requests(8, root, seed=0)
+
+
+# ---------------------------------------------------------------- lifecycle (flows, faults)
+@pytest.fixture(scope="session")
+def harness(request):
+    """One Prefect test harness (ephemeral API) for the whole session."""
+    from odedit.lifecycle import fixtures
+
+    return fixtures.prefect_harness(request)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A tiny untrained world model (fast lifecycle tests)."""
+    from odedit.lifecycle import fixtures
+
+    return str(fixtures.tiny_world_model(tmp_path_factory.mktemp("tiny") / "model"))
+
+
+@pytest.fixture
+def state(tmp_path, monkeypatch):
+    """A fresh state directory (MLflow store, Prefect home, inbox) per test."""
+    monkeypatch.setenv("ODEDIT_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("ODEDIT_PROBE_COUNT", "6")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path

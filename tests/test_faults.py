@@ -17,25 +17,7 @@ import pytest
 from odedit.lifecycle import fixtures
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = dict(method="ft-l", steps=3, deployment="demo")
-
-
-@pytest.fixture(scope="session")
-def harness(request):
-    return fixtures.prefect_harness(request)
-
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory):
-    return str(fixtures.tiny_world_model(tmp_path_factory.mktemp("tiny") / "model"))
-
-
-@pytest.fixture
-def state(tmp_path, monkeypatch):
-    monkeypatch.setenv("ODEDIT_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("ODEDIT_PROBE_COUNT", "6")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tmp_path
+FAST = dict(method="ft-l", steps=3, deployment="demo")  # fixtures: tests/conftest.py
 
 
 def _registry():
