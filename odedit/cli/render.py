@@ -11,6 +11,8 @@ if TYPE_CHECKING:
     from odedit.editing import EditRun
 
 console = Console()
+if not console.is_terminal:  # logs and CI: do not squeeze tables into 80 columns
+    console = Console(width=200)
 METRICS = [("reliability", "Rel"), ("t_generality", "T-Gen"), ("m_generality", "M-Gen"),
            ("t_locality", "T-Loc"), ("m_locality", "M-Loc")]
 
