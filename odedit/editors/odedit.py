@@ -37,7 +37,6 @@ class LambdaNet(torch.nn.Module):
         gen = torch.Generator().manual_seed(seed)
         n = sum(p.numel() for p in params)
         # Fixed random projection R^n -> R^k (INFERRED), scaled to keep features O(|delta|).
-        self.register_buffer("proj_seed", torch.tensor(seed))
         self._proj = torch.randn(n, config.lambda_features, generator=gen) / math.sqrt(n)
         self.net = torch.nn.Sequential(
             torch.nn.Linear(config.lambda_features, config.lambda_hidden),
