@@ -11,7 +11,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Literal
 
-METHODS = ("ft-l", "lora", "odedit-ft-l", "odedit-lora")
+METHODS = ("ft-l", "lora", "odedit-ft-l", "odedit-lora", "ft-l-lifelong", "odedit-ft-l-lifelong")
+# `*-lifelong` methods: the same editor with the lifelong-editing options (PRODUCT, not the
+# paper's; see README "Lifelong editing"). They replace the fields a config leaves at their defaults.
+LIFELONG_PRESET = {"replay": 8, "null_space": True, "optimizer": "sgd", "lr": 1.0}
 
 
 @dataclass
@@ -29,6 +32,11 @@ class BaseEditorConfig:
     lora_alpha: float = 8.0
     with_eos: bool = False  # append EOS to the target when optimising (PRODUCT)
     cache_prefix: bool = True  # run the frozen layers below the edit once per edit (speed only)
+    # Lifelong editing (PRODUCT: not part of ODEdit; see README "Lifelong editing")
+    replay: int = 0  # earlier edits replayed per edit as a KEEP environment (their target NLL)
+    w_replay: float = 1.0  # weight of the KEEP (replay) risk
+    null_space: bool = False  # AlphaEdit-style: project the update onto the null space of preserved keys
+    null_space_tol: float = 1e-2  # eigenvalues of K0 K0^T below tol * max span the null space
 
 
 @dataclass
@@ -72,6 +80,15 @@ class EditConfig:
             self.base = BaseEditorConfig(**self.base)
         if isinstance(self.odedit, dict):
             self.odedit = ODEditConfig(**self.odedit)
+        if self.lifelong:
+            defaults = BaseEditorConfig()
+            for key, value in LIFELONG_PRESET.items():
+                if getattr(self.base, key) == getattr(defaults, key):
+                    setattr(self.base, key, value)
+
+    @property
+    def lifelong(self) -> bool:
+        return self.method.endswith("-lifelong")
 
     @property
     def uses_odedit(self) -> bool:
@@ -79,7 +96,7 @@ class EditConfig:
 
     @property
     def base_method(self) -> str:
-        return self.method.removeprefix("odedit-")
+        return self.method.removeprefix("odedit-").removesuffix("-lifelong")
 
     def to_dict(self) -> dict:
         return asdict(self)

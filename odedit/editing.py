@@ -42,6 +42,28 @@ class EditRecord:
         return d
 
 
+@dataclass(frozen=True)
+class Kept:
+    """An earlier edit that must keep holding: its reliability sample and its subject."""
+
+    sample: Sample
+    subject: str | None = None
+
+
+def subject_of(request: EditRequest) -> str:
+    """The subject an edit is about; a request without one is its own subject."""
+    return request.subject or f"request:{request.id}"
+
+
+def keep_for(request: EditRequest, kept: Sequence[Kept], current: str | None) -> list[Sample]:
+    """The earlier edits a new edit must not disturb: all but the one it supersedes on purpose
+    (same subject, and its target is the answer this edit replaces); the gate re-checks them."""
+    from odedit.editors.nullspace import fact_key
+
+    replaced = fact_key(subject_of(request), current)
+    return [k.sample for k in kept if fact_key(k.subject, k.sample.target) != replaced]
+
+
 @dataclass
 class EditRun:
     config: EditConfig
@@ -69,11 +91,28 @@ def run_edits(
     sequential: bool = False,
     on_record: Callable[[EditRecord], None] | None = None,
     fault: dict[str, str] | None = None,
+    keep: Sequence[Kept] = (),
+    preserve: Sequence[Kept] = (),
 ) -> EditRun:
     """Edit `adapter.model` with every request. Single mode leaves the model as it was;
-    sequential mode leaves all successful edits applied (their deltas are in the run)."""
+    sequential mode leaves all successful edits applied (their deltas are in the run).
+
+    `keep` are earlier edits already in the model (lifelong editing): with the lifelong options
+    of `config.base` they are replayed / preserved, and in sequential mode every successful
+    edit of this run joins them for the edits after it. `preserve` is knowledge whose keys the
+    null-space constraint protects (`config.base.null_space`), together with `keep`."""
     run = EditRun(config, sequential)
     edited: list[Sample] = []
+    kept = list(keep)
+    bank = None
+    if config.base.null_space:
+        from odedit.editors.base import edited_layer
+        from odedit.editors.nullspace import KeyBank
+
+        bank = KeyBank(adapter, adapter.mlp_module(edited_layer(adapter, config.base), config.base.proj),
+                       config.base.null_space_tol)
+        both = list(preserve) + kept
+        bank.add([k.sample for k in both], [k.subject for k in both])
     for req in requests:
         pool = locality_pool(req) if callable(locality_pool) else locality_pool
         envset = build_environments(req, image_root, config.odedit, pool, seed=config.seed)
@@ -83,7 +122,10 @@ def run_edits(
             record.answer_before = adapter.answer(edit_sample.prompt, edit_sample.image)
             before = evaluate.baseline(adapter, envset.heldout)
             record.pre = before.scores
-            outcome = optimise_edit(adapter, envset, config, fault=(fault or {}).get(req.id))
+            outcome = optimise_edit(adapter, envset, config, fault=(fault or {}).get(req.id),
+                                    keep=keep_for(req, kept, record.answer_before),
+                                    projection=bank.projector(subject_of(req), record.answer_before)
+                                    if bank is not None else None)
             record.steps, record.seconds = outcome.steps, outcome.seconds
             record.delta_bytes = outcome.delta.nbytes
             record.post = evaluate.score(adapter, envset.heldout, before)
@@ -91,6 +133,10 @@ def run_edits(
             run.deltas[req.id] = outcome.delta
             if sequential:
                 edited.append(edit_sample)
+                kept.append(Kept(edit_sample, subject_of(req)))
+                if bank is not None:  # later edits must not move this one (nor its other views)
+                    landed = [edit_sample] + [s for e in envset.train if e.kind == "SE" for s in e.samples]
+                    bank.add(landed, [subject_of(req)] * len(landed))
             else:
                 remove_delta(adapter.model, outcome.restore)
         except EditDiverged as exc:

@@ -42,3 +42,45 @@ def locality_pool_for(
         image = load_image(req.image, image_root)
         pool.append(Sample(req.src, adapter.answer(req.src, image, max_new_tokens=4) or req.alt, image))
     return pool
+
+
+def world_preservation(world, views_per_kind: int = 2, phrasings_per_kind: int = 2, seed: int = 0):
+    """Knowledge to preserve for a world model, with subjects: every entity x every image kind
+    on `views_per_kind` training views and every text kind in `phrasings_per_kind` training
+    phrasings (what the model was pretrained to know)."""
+    import numpy as np
+
+    from odedit.editing import Kept
+    from odedit.models.world import IMAGE_KINDS, TEXT_KINDS
+
+    rng = np.random.default_rng([world.seed, 29, seed])
+    out = []
+    for ent in world.entities:
+        for kind in IMAGE_KINDS:
+            for v in rng.choice(world.train_views, size=views_per_kind, replace=False):
+                out.append(Kept(Sample(world.question(ent, kind, True, False, rng), ent.answer(kind),
+                                       world.render(ent, int(v))), ent.name))
+        for kind in TEXT_KINDS:
+            for _ in range(phrasings_per_kind):
+                out.append(Kept(Sample(world.question(ent, kind, False, False, rng), ent.answer(kind)), ent.name))
+    return out
+
+
+def preservation_for(adapter: MLLMAdapter, model_ref: str | Path, requests: Sequence[EditRequest],
+                     image_root: str | Path | None, seed: int = 0) -> list:
+    """What the null-space constraint protects: the world's knowledge for a world model, else
+    the batch's own prompts with the model's current answers (each tagged with its subject).
+    INFERRED/PRODUCT: for a real checkpoint a larger preservation set (e.g. the fixed regression
+    probes or a sample of the training distribution) protects more."""
+    world = world_of(model_ref) if Path(str(model_ref)).is_dir() else None
+    if world is not None:
+        return world_preservation(world, seed=seed)
+    from odedit.editing import Kept, subject_of
+    from odedit.environments import load_image
+
+    out = []
+    for req in requests:
+        image = load_image(req.image, image_root)
+        out.append(Kept(Sample(req.src, adapter.answer(req.src, image, max_new_tokens=4) or req.alt, image),
+                        subject_of(req)))
+    return out

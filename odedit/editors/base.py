@@ -10,6 +10,14 @@ from odedit.config import BaseEditorConfig
 from odedit.models.adapter import MLLMAdapter
 
 
+def edited_layer(adapter: MLLMAdapter, config: BaseEditorConfig) -> int:
+    """The decoder layer a base editor edits (default: the middle one)."""
+    layer = config.layer if config.layer is not None else adapter.num_layers() // 2
+    if not 0 <= layer < adapter.num_layers():
+        raise ValueError(f"layer {layer} out of range (model has {adapter.num_layers()} decoder layers)")
+    return layer
+
+
 class BaseEditor(ABC):
     """A per-instance editor: `begin()` exposes trainable tensors, `end()` bakes them into
     the model's own weights and removes any scaffolding, `abort()` restores the base."""
@@ -19,12 +27,15 @@ class BaseEditor(ABC):
     def __init__(self, adapter: MLLMAdapter, config: BaseEditorConfig):
         self.adapter = adapter
         self.config = config
-        layer = config.layer if config.layer is not None else adapter.num_layers() // 2
-        if not 0 <= layer < adapter.num_layers():
-            raise ValueError(f"layer {layer} out of range (model has {adapter.num_layers()} decoder layers)")
-        self.layer = layer
-        self.module = adapter.mlp_module(layer, config.proj)
+        self.layer = edited_layer(adapter, config)
+        self.module = adapter.mlp_module(self.layer, config.proj)
         self.module_name = adapter.module_name(self.module)
+        self.projection: torch.Tensor | None = None  # null-space projector on the input side (nullspace.py)
+
+    def constrain_to(self, projection: torch.Tensor | None) -> None:
+        """Keep every update in the row space `projection` (in x in) maps onto; None lifts it."""
+        self.projection = None if projection is None else projection.to(self.module.weight.device,
+                                                                           self.module.weight.dtype)
 
     def edited_parameter_names(self) -> list[str]:
         """Base-model parameters whose values the finished edit replaces."""

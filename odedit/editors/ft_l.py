@@ -17,10 +17,12 @@ class FTLEditor(BaseEditor):
         return [weight]
 
     def after_step(self) -> None:
-        eps = self.config.norm_constraint
-        if eps is not None:  # EasyEdit FT: keep every weight within eps of its original value
-            with torch.no_grad():
-                w = self.module.weight
+        w = self.module.weight
+        with torch.no_grad():
+            if self.projection is not None:  # the change acts only on keys outside the preserved span
+                w.copy_(self._original + (w - self._original) @ self.projection)
+            eps = self.config.norm_constraint
+            if eps is not None:  # EasyEdit FT: keep every weight within eps of its original value
                 w.copy_(torch.clamp(w, self._original - eps, self._original + eps))
 
     def end(self) -> None:

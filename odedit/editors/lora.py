@@ -28,6 +28,13 @@ class LoRAEditor(BaseEditor):
             p.requires_grad_(True)
         return params
 
+    def after_step(self) -> None:
+        if self.projection is not None:  # Delta = B A: projecting A's input side projects Delta
+            with torch.no_grad():
+                for name, p in self._lora.named_parameters():
+                    if "lora_A" in name:
+                        p.copy_(p @ self.projection)
+
     def _unwrap(self, merge: bool) -> None:
         if merge:
             self._lora.merge()

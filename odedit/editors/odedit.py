@@ -57,8 +57,10 @@ class LambdaNet(torch.nn.Module):
 class ODEditObjective:
     """Computes G for one optimisation step and owns the dual (lambda) update."""
 
-    def __init__(self, adapter: MLLMAdapter, batch: EnvBatch, params, config: ODEditConfig, seed: int):
+    def __init__(self, adapter: MLLMAdapter, batch: EnvBatch, params, config: ODEditConfig, seed: int,
+                 w_replay: float = 1.0):
         self.adapter, self.batch, self.params, self.config = adapter, batch, params, config
+        self.w_replay = w_replay
         with torch.no_grad():  # pre-edit distributions for the OUT environments, computed once
             self.pre_logits = {g: l.detach() for g, (_, l) in batch.forward(adapter).items()}
         self.lambda_net = LambdaNet(params, config, seed)
@@ -81,7 +83,7 @@ class ODEditObjective:
         out = self.batch.forward(self.adapter, scale=w)
         labels = {g: enc.labels for g, enc in self.batch.encoded.items()}
         in_states = None
-        risks: dict[str, list[torch.Tensor]] = {"IN": [], "SE": [], "OUT": []}
+        risks: dict[str, list[torch.Tensor]] = {"IN": [], "SE": [], "OUT": [], "KEEP": []}
         env_risks: list[torch.Tensor] = []
         fits: list[float] = []  # target NLL of IN and SE environments (early-stop criterion)
         by_env: dict[str, list] = {}
@@ -98,6 +100,11 @@ class ODEditObjective:
                     k = losses.kl(logits[er.rows], self.pre_logits[er.group][er.rows], lab[er.rows],
                                   cfg.kl_direction, cfg.kl_positions)
                     risk = risk + cfg.w_loc * k.mean()
+                    continue
+                if kind == "KEEP":  # lifelong replay (PRODUCT): earlier edits keep their targets
+                    per = losses.nll(logits[er.rows], lab[er.rows], cfg.nll_reduction)
+                    fits.append(per.max().item())
+                    risk = risk + self.w_replay * per.mean()
                     continue
                 n = losses.nll(logits[er.rows], lab[er.rows], cfg.nll_reduction).mean()
                 fits.append(n.item())

@@ -4,8 +4,10 @@ objective. Produces the edit's delta; a non-finite loss restores the base and ra
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 
@@ -15,8 +17,8 @@ from odedit.editors import losses
 from odedit.editors.env_batch import EnvBatch
 from odedit.editors.odedit import ODEditObjective
 from odedit.editors.registry import BASE_EDITORS
-from odedit.environments import EnvironmentSet
-from odedit.models.adapter import MLLMAdapter
+from odedit.environments import Environment, EnvironmentSet
+from odedit.models.adapter import MLLMAdapter, Sample
 
 
 class EditDiverged(RuntimeError):
@@ -35,36 +37,56 @@ class EditOutcome:
 
 
 class PlainObjective:
-    """The base editor's own edit loss: target NLL on the IN environment."""
+    """The base editor's own edit loss: target NLL on the IN environment (plus, in lifelong
+    mode, the replayed earlier edits' target NLL on the KEEP environment)."""
 
-    def __init__(self, adapter: MLLMAdapter, batch: EnvBatch):
-        self.adapter, self.batch = adapter, batch
+    def __init__(self, adapter: MLLMAdapter, batch: EnvBatch, w_replay: float = 1.0):
+        self.adapter, self.batch, self.w_replay = adapter, batch, w_replay
 
     def __call__(self):
-        (group, enc), = self.batch.encoded.items()
-        _, logits = self.adapter.hidden_and_logits(enc)
-        loss = losses.nll(logits, enc.labels).mean()
-        return loss, {"fit": loss.item()}
+        out = {g: self.adapter.hidden_and_logits(enc)[1] for g, enc in self.batch.encoded.items()}
+        risk: dict[str, list[torch.Tensor]] = {}
+        for er in self.batch.rows:
+            enc = self.batch.encoded[er.group]
+            n = losses.nll(out[er.group][er.rows], enc.labels[er.rows])
+            risk.setdefault(er.env.kind, []).append(n)
+        fit = torch.cat(risk["IN"]).mean()
+        loss = fit
+        stats = {"fit": fit.item()}
+        if "KEEP" in risk:
+            keep = torch.cat(risk["KEEP"])
+            loss = loss + self.w_replay * keep.mean()
+            stats["fit"] = max(stats["fit"], keep.max().item())
+        return loss, stats
 
     def dual_step(self) -> None:
         pass
 
 
 def optimise_edit(adapter: MLLMAdapter, envset: EnvironmentSet, config: EditConfig,
-                  fault: str | None = None) -> EditOutcome:
+                  fault: str | None = None, keep: Sequence[Sample] = (),
+                  projection: torch.Tensor | None = None) -> EditOutcome:
     """Run one edit in place on `adapter.model`; returns its delta relative to the weights
-    the model had before. `fault="nan"` injects a non-finite loss (fault-injection tests)."""
+    the model had before. `fault="nan"` injects a non-finite loss (fault-injection tests).
+
+    Lifelong options (`config.base`): `keep` are earlier edits whose targets must hold; up to
+    `replay` of them join the objective as a KEEP environment. `projection` (a null-space
+    projector from `nullspace.KeyBank`) confines the update to keys outside the preserved span."""
     torch.manual_seed(config.seed)
     start = time.perf_counter()
     editor = BASE_EDITORS[config.base_method](adapter, config.base)
     originals = snapshot(adapter.model, editor.edited_parameter_names())
+    editor.constrain_to(projection)
     params = editor.begin()
     envs = envset.train if config.uses_odedit else [envset.env("IN")]
+    if keep and config.base.replay > 0:
+        rng = random.Random(f"{config.seed}:{envset.request_hash}:keep")
+        envs = envs + [Environment("KEEP", "KEEP", rng.sample(list(keep), min(len(keep), config.base.replay)))]
     try:
         batch = EnvBatch(adapter, envs, with_eos=config.base.with_eos,
                          prefix_layer=editor.layer if config.base.cache_prefix else None)
-        objective = (ODEditObjective(adapter, batch, params, config.odedit, config.seed)
-                     if config.uses_odedit else PlainObjective(adapter, batch))
+        objective = (ODEditObjective(adapter, batch, params, config.odedit, config.seed, config.base.w_replay)
+                     if config.uses_odedit else PlainObjective(adapter, batch, config.base.w_replay))
         opt_cls = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[config.base.optimizer]
         opt = opt_cls(params, lr=config.base.lr)
         history, stats, step_seconds = [], [], []

@@ -1,0 +1,103 @@
+"""Null-space constrained updates (after AlphaEdit, Fang et al., ICLR 2025), for lifelong editing.
+
+An FT-L / LoRA edit changes one MLP projection W (out x in). Its effect on any input reaches the
+model only through the projection's input vectors ("keys" k, the activations entering W). If the
+update Delta satisfies Delta k = 0 for every key of the knowledge to preserve, those inputs map
+exactly as before. AlphaEdit takes K0 = the preserved keys, the eigenvectors U of K0 K0^T with
+near-zero eigenvalues, and projects Delta <- Delta U U^T. Here the projection is applied to the
+accumulated change after every optimiser step (the editors' `after_step`), so gradient-based
+base editors keep the guarantee. Keys are invariant under the edit itself (they are computed
+below the edited projection), so K0 K0^T is computed once per edit.
+
+PRODUCT choice, not part of ODEdit: the preserved set is the locality pool (unrelated facts the
+model already knows) plus earlier edits (so later edits do not overwrite them).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from odedit.models.adapter import MLLMAdapter, Sample
+
+
+class _KeysCollected(Exception):
+    pass
+
+
+@torch.no_grad()
+def key_covariance(adapter: MLLMAdapter, module: torch.nn.Module, samples: Sequence[Sample],
+                   batch_size: int = 32) -> torch.Tensor:
+    """sum_k k k^T over the inputs of `module` at every real token position of `samples`."""
+    weight = module.weight
+    cov = torch.zeros(weight.shape[1], weight.shape[1], dtype=torch.float64)
+    if not samples:
+        return cov
+    layer_mask: dict[str, torch.Tensor] = {}
+
+    def grab(_module, args):
+        x = args[0].detach().to(torch.float64).cpu()
+        mask = layer_mask["mask"].to(torch.bool).cpu()
+        keys = x[mask] if x.dim() == 3 and mask.shape == x.shape[:2] else x.reshape(-1, x.shape[-1])
+        cov.add_(keys.T @ keys)
+        raise _KeysCollected  # nothing above the edited projection is needed
+
+    handle = module.register_forward_pre_hook(grab)
+    try:
+        groups = {"image": [s for s in samples if s.image is not None], "text": [s for s in samples if s.image is None]}
+        for group in groups.values():
+            for i in range(0, len(group), batch_size):
+                enc = adapter.encode(group[i:i + batch_size])
+                layer_mask["mask"] = enc.inputs["attention_mask"]
+                try:
+                    adapter.model.model(**enc.inputs, use_cache=False)
+                except _KeysCollected:
+                    pass
+    finally:
+        handle.remove()
+    return cov
+
+
+def null_projector(cov: torch.Tensor, tol: float) -> torch.Tensor:
+    """P = U U^T over the eigenvectors of `cov` whose eigenvalue is below tol * the largest."""
+    vals, vecs = torch.linalg.eigh(cov)
+    if vals.numel() == 0 or float(vals.max()) <= 0:
+        return torch.eye(cov.shape[0])
+    null = vecs[:, vals < tol * vals.max()]
+    return (null @ null.T).float()
+
+
+def fact_key(subject: str | None, answer: str | None) -> tuple[str, str]:
+    """What identifies "the same fact" generically: the subject and the answer the model gives.
+    An edit of X replaces the answer it currently gives; every other answer about X stays."""
+    return (subject or "").strip().lower(), (answer or "").strip().lower()
+
+
+class KeyBank:
+    """Key covariances of the knowledge to preserve, bucketed by fact (subject, current answer),
+    so that each edit's projector can leave out the keys of the very fact it replaces (the answer
+    it changes, about its subject) without recomputing the rest; other facts of the same subject
+    stay protected. Keys do not depend on the edited projection, so one bank serves a whole batch
+    of sequential edits; earlier edits are added as they land."""
+
+    def __init__(self, adapter: MLLMAdapter, module: torch.nn.Module, tol: float):
+        self.adapter, self.module, self.tol = adapter, module, tol
+        self.by_fact: dict[tuple[str, str], torch.Tensor] = {}
+        self.total = torch.zeros(module.weight.shape[1], module.weight.shape[1], dtype=torch.float64)
+
+    def add(self, samples: Sequence[Sample], subjects: Sequence[str | None]) -> None:
+        """Preserve `samples` (each sample's target is the answer that must stay)."""
+        groups: dict[tuple[str, str], list[Sample]] = {}
+        for s, subj in zip(samples, subjects):
+            groups.setdefault(fact_key(subj, s.target), []).append(s)
+        for key, group in groups.items():
+            cov = key_covariance(self.adapter, self.module, group)
+            self.by_fact[key] = self.by_fact.get(key, 0) + cov
+            self.total += cov
+
+    def projector(self, subject: str | None = None, answer: str | None = None) -> torch.Tensor:
+        """The null-space projector of everything preserved but the fact (subject, answer)."""
+        key = fact_key(subject, answer)
+        cov = self.total - self.by_fact[key] if key in self.by_fact else self.total
+        return null_projector(cov, self.tol)
