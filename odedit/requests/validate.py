@@ -26,6 +26,7 @@ from odedit.requests.io import BatchError, EmptyBatchError, RawRow, read_batch, 
 from odedit.requests.limits import ValidationLimits
 from odedit.requests.reasons import Issue, Reason
 from schemas.batch import EditBatch, RejectedRow, RowIssue, ValidationReport
+from schemas.ids import display_id, id_problem
 from schemas.request import EditRequest
 
 SCALAR_TEXT = ("id", "image", "src", "alt", "pred", "subject", "requester", "reason", "ticket")
@@ -82,6 +83,8 @@ def row_issues(payload: Mapping[str, Any]) -> list[Issue]:
             continue
         if not isinstance(v, str):
             issues.append(Issue(name, Reason.WRONG_TYPE, f"expected text, got {_type_name(v)}"))
+        elif name == "id" and v.strip() and not _SURROGATE.search(v) and (p := id_problem(v)):
+            issues.append(Issue("id", Reason(p[0]), p[1]))  # the id policy: schemas/ids.py
         elif (t := _text_issue(name, v)):
             issues.append(t)
     lengths: dict[str, int] = {}
@@ -140,16 +143,22 @@ _PYDANTIC_REASONS = {
 }
 
 
+_PYDANTIC_ID_REASONS = {"string_pattern_mismatch": Reason.INVALID_ID_CHARS, "string_too_long": Reason.ID_TOO_LONG}
+
+
 def _pydantic_issues(exc: ValidationError) -> list[Issue]:
     out = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or None
-        out.append(Issue(loc, _PYDANTIC_REASONS.get(err["type"], Reason.INVALID_VALUE), err["msg"]))
+        reasons = _PYDANTIC_ID_REASONS if loc == "id" else {}
+        reason = reasons.get(err["type"]) or _PYDANTIC_REASONS.get(err["type"], Reason.INVALID_VALUE)
+        out.append(Issue(loc, reason, err["msg"]))
     return out
 
 
 def _message(row: RawRow, issue: Issue) -> str:
-    where = f"row {row.row_id!r}" + (f" ({row.ref})" if row.ref != row.row_id else "")
+    # display_id: quoted, newlines / markup-looking text escaped, very long ids shortened
+    where = f"row {display_id(row.row_id)}" + (f" ({row.ref})" if row.ref != row.row_id else "")
     if issue.field:
         where += f", field {issue.field!r}"
     return f"{where}: {issue.message}"
