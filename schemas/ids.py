@@ -80,4 +80,5 @@ def display_id(value: object, limit: int = 80) -> str:
     text = repr(value)
     if len(text) <= limit:
         return text
-    return f"{text[:limit - 20]}...[{len(str(value))} chars, #{id_hash(value, 8)}]"
+    tail = f"...[{len(str(value))} chars, #{id_hash(value, 8)}]"
+    return text[:max(8, limit - len(tail))] + tail
