@@ -103,3 +103,42 @@ def test_runs_mentioning_matches_exactly(tmp_path, monkeypatch):
         assert found == [by_id[rid]], rid
     assert registry.runs_mentioning(client, "%") == [] and registry.runs_mentioning(client, "_") == []
     assert len(registry.runs_mentioning(client, "other")) == len(ids)
+
+
+def test_validate_output_shows_hostile_ids_literally(tmp_path):
+    import json
+
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from odedit.cli import app
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
+    good = {"id": "r0", "image": "ok.png", "src": "What colour is it?", "alt": "red"}
+    rows = [good, dict(good, id="[/bold]x[red]", src="Other?"), dict(good, id="two\nlines", src="Third?")]
+    p = tmp_path / "[batch].jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = CliRunner().invoke(app, ["validate", str(p), "--no-model", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 1, res.output
+    assert "'[/bold]x[red]'" in res.output and "'two\\nlines'" in res.output
+    assert "invalid_id_chars" in res.output and "[batch]" in res.output
+
+
+def test_history_and_show_render_hostile_text_literally(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from odedit import registry
+    from odedit.cli import app
+
+    monkeypatch.setenv("ODEDIT_STATE_DIR", str(tmp_path / "state"))
+    row = {"version": "2", "request_id": "[/bold]", "requester": "[red]ana", "ticket": "T-[1]", "reason": "[/]",
+           "answer_before": "[b]", "answer_after": "x", "post.reliability": 1.0, "post.t_locality": 0.5,
+           "gate": "passed", "run_id": "abcdef123456"}
+    monkeypatch.setattr(registry, "connect", lambda *a, **k: None)
+    monkeypatch.setattr(registry, "history", lambda *a, **k: [row])
+    monkeypatch.setattr(registry, "show", lambda *a, **k: [])
+    res = CliRunner().invoke(app, ["history", "m"])
+    assert res.exit_code == 0, res.output
+    assert "[/bold]" in res.output and "[red]ana" in res.output and "T-[1]" in res.output
+    res = CliRunner().invoke(app, ["show", "[/bold]\nx"])
+    assert res.exit_code == 1 and "'[/bold]\\nx'" in res.output
