@@ -468,3 +468,8 @@ def test_edit_request_model_and_json_schema_carry_the_id_policy():
             EditRequest.model_validate(dict(good, id=rid))
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(dict(good, id=rid), schema)
+
+
+def test_readme_lists_every_reason_code():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert [r.value for r in Reason if f"| `{r.value}` |" not in readme] == []
