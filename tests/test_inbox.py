@@ -263,3 +263,11 @@ def test_inbox_drain_flow(harness, tiny_model, state):
     assert pq.read_table(box / "quarantine" / "allbad.rejected.parquet").num_rows == 2
     assert by["dangling.jsonl"]["reason"] == "symlink" and by["empty.jsonl"]["reason"] == "empty"
     assert by["writing.jsonl"]["status"] == "waiting" and (box / "writing.jsonl").is_file()
+
+
+def test_unsafe_file_names_are_quarantined(box):
+    write_jsonl(box / "two\nlines.jsonl", [row(0)])
+    write_jsonl(box / "[bold].jsonl", [row(0)])
+    write_jsonl(box / "-rf.jsonl", [row(0)])
+    s = inbox.scan(box, settle_s=3600)
+    assert s.ready == [] and sorted(r for _, r, _ in s.refused) == ["invalid_name"] * 3

@@ -40,6 +40,8 @@ def run_batch(
     model: Optional[str] = typer.Option(None, "--model", help="Base model when NAME is new (default: the embedded model)."),
     steps: Optional[int] = typer.Option(None, help="Override optimisation steps per edit."),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=URI_HELP),
+    settle: Optional[float] = typer.Option(None, "--settle", help="Directory only: seconds a file without a "
+                                           "NAME.ready marker must be unchanged (default $ODEDIT_INBOX_SETTLE_S or 30)."),
 ):
     """Validate -> build environments -> edit the champion -> gate -> register a `candidate`.
     Requests already registered are skipped; a directory is drained like the scheduled inbox."""
@@ -49,7 +51,7 @@ def run_batch(
         from flows.inbox_drain import inbox_drain
 
         results = inbox_drain(str(source), name=name, method=method, gate_config=gc, deployment=deployment,
-                              model=model, steps=steps)
+                              model=model, steps=steps, settle_s=settle)
     else:
         from flows.edit_batch import edit_batch
 

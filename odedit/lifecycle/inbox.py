@@ -5,8 +5,8 @@
       NAME.jsonl.ready        optional marker: "NAME.jsonl is complete, take it now"
       done/                   the batch finished: every accepted request is registered (or was already)
       quarantine/             never retried; each file with NAME.reason.json saying why:
-                                symlink, not_regular_file, empty, too_large, unreadable, unsupported
-                                (refused before any edit), rejected (validation refused every row),
+                                symlink, not_regular_file, invalid_name, empty, too_large, unreadable,
+                                unsupported (refused before any edit), rejected (validation refused every row),
                                 gate-failed
                               and STEM.rejected.parquet: the rows validation refused, one per row,
                               with reason codes and original payloads (also for files in done/)
@@ -23,7 +23,9 @@ should write NAME.jsonl.part (ignored) and rename it, or write the marker last.
 Safety: entries are listed with lstat. A symlink (file or directory) is never followed: it is
 moved, as a link, to quarantine/ (reason `symlink`), its target never opened. Request files
 are opened with O_NOFOLLOW, must be regular files, are size-capped (`max_bytes`, env
-ODEDIT_MAX_BATCH_BYTES, default 64 MiB) before anything is read, and are checked by streaming
+ODEDIT_MAX_BATCH_BYTES, default 64 MiB) before anything is read, must have a name whose stem
+follows the id policy (it becomes the batch id, the run name and a work directory: reason
+`invalid_name` otherwise), and are checked by streaming
 (`odedit.requests.io.inspect_batch`: one line in memory at a time). Other entries (images,
 notes, `*.part`, sub-directories) are left alone. `done/` and `quarantine/` are created up
 front and must be real directories.
@@ -47,7 +49,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from schemas.ids import display_id
+from schemas.ids import display_id, is_valid_id
 
 SUFFIXES = {".jsonl", ".ndjson", ".parquet", ".pq", ".json"}
 SUBDIRS = ("done", "quarantine")
@@ -63,6 +65,7 @@ EMPTY = "empty"
 TOO_LARGE = "too_large"
 UNREADABLE = "unreadable"
 UNSUPPORTED = "unsupported"
+INVALID_NAME = "invalid_name"  # the file name's stem is not a valid id (it becomes the batch id, run name, work dir)
 REJECTED = "rejected"  # every row refused by validation
 
 
@@ -145,6 +148,10 @@ def scan(inbox: str | Path, settle_s: float | None = None, now: float | None = N
         st = e.stat(follow_symlinks=False)
         if not stat.S_ISREG(st.st_mode):
             out.refused.append((path, NOT_REGULAR, "not a regular file (directory, FIFO, socket or device)"))
+            continue
+        if not is_valid_id(Path(e.name).stem):
+            out.refused.append((path, INVALID_NAME, "the name before the suffix must follow the id policy "
+                                "(1-128 of A-Z a-z 0-9 . _ -, not starting with '.' or '-'); rename and resubmit"))
             continue
         marker = d / (e.name + MARKER)
         has_marker = _is_regular_file(marker)
@@ -328,6 +335,7 @@ def drain(inbox: str | Path, run_batch: Callable[[str], dict], settle_s: float |
             results.append({"source": str(c.path), "status": "error", "error": str(exc), "moved_to": None})
             continue
         res = finish(c, res, d)
-        log.info("inbox: %s: %s -> %s", display_id(c.path.name), res["status"], res["moved_to"] or "kept")
+        log.info("inbox: %s: %s -> %s", display_id(c.path.name), res["status"],
+                 display_id(res["moved_to"], 300) if res["moved_to"] else "kept")
         results.append(res)
     return results
