@@ -243,3 +243,15 @@ def test_synthetic_ids_follow_the_id_policy(tmp_path):
     p.write_text(json.dumps([MMEDIT_RECORD]))
     (row,) = read_batch(p)
     assert row.row_id == "my_batch__v2_-0" and is_valid_id(row.row_id)
+
+
+def test_validate_batch_passes_read_limits(tmp_path):
+    import os
+
+    from odedit.requests import NotARegularFile, ReadLimits, validate_batch
+
+    target = tmp_path / "t.jsonl"
+    target.write_text('{"id": "a"}\n')
+    os.symlink(target, tmp_path / "l.jsonl")
+    with pytest.raises(NotARegularFile):
+        validate_batch(tmp_path / "l.jsonl", [tmp_path], read_limits=ReadLimits(follow_symlinks=False))

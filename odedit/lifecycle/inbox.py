@@ -33,7 +33,8 @@ front and must be real directories.
 Residual window (documented, not closed): the edit-batch flow re-opens the file by path to
 validate it (`odedit.lifecycle.batch.validate`, which follows symlinks); a file swapped for a
 symlink between the pre-flight check and that read would be read. Only the inbox owner can
-do that; closing it needs `batch.validate` to pass `ReadLimits(follow_symlinks=False)`.
+do that; closing it needs `batch.validate` to pass `read_limits=ReadLimits(follow_symlinks=False)`
+to `validate_batch` (a one-line change in a file another engineer owns).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from pydantic import ValidationError
 
 from odedit.requests.images import ImageChecker
-from odedit.requests.io import BatchError, EmptyBatchError, RawRow, read_batch, read_records
+from odedit.requests.io import BatchError, EmptyBatchError, RawRow, ReadLimits, read_batch, read_records
 from odedit.requests.limits import ValidationLimits
 from odedit.requests.reasons import Issue, Reason
 from schemas.batch import EditBatch, RejectedRow, RowIssue, ValidationReport
@@ -164,10 +164,10 @@ def _message(row: RawRow, issue: Issue) -> str:
     return f"{where}: {issue.message}"
 
 
-def _load_rows(rows_or_path) -> tuple[list[RawRow], str, str | None]:
+def _load_rows(rows_or_path, read_limits: ReadLimits | None = None) -> tuple[list[RawRow], str, str | None]:
     if isinstance(rows_or_path, (str, Path)):
         path = Path(rows_or_path)
-        return read_batch(path), path.stem, str(path)
+        return read_batch(path, read_limits), path.stem, str(path)
     if isinstance(rows_or_path, Iterable) and not isinstance(rows_or_path, (bytes, Mapping)):
         return read_records(list(rows_or_path)), "rows", None
     raise BatchError(f"cannot validate a {type(rows_or_path).__name__}; give a path or a list of rows")
@@ -180,12 +180,14 @@ def validate_batch(
     out_dir: str | Path | None = None,
     check_images: bool = True,
     batch_id: str | None = None,
+    read_limits: ReadLimits | None = None,
 ) -> ValidationResult:
     """Validate a batch file (JSONL / Parquet / MMEdit JSON) or in-memory rows.
 
     Raises `BatchError` (with a clear message) only when the batch as a whole cannot be
     validated: unreadable or unsupported file, or no rows at all. Everything else is a
     per-row rejection. `check_images=False` skips the file system (only lexical path checks).
+    `read_limits`: file / line caps and symlink following (default: `ReadLimits.from_env()`).
     """
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
@@ -199,7 +201,7 @@ def validate_batch(
         phases[name] = round(now - tick, 4)
         tick = now
 
-    raw, default_id, source = _load_rows(rows_or_path)
+    raw, default_id, source = _load_rows(rows_or_path, read_limits)
     lap("read")
     batch_id = batch_id or default_id
     if not raw:
