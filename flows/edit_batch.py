@@ -38,9 +38,14 @@ from tasks import registry as tr  # noqa: E402
 
 
 def _edit_metrics(records: list[dict]) -> dict:
+    """Per-edit metrics `edit/<id>/...`. A valid id (schemas/ids.py) is used as is; any other
+    becomes `<sanitised>/<hash>` (`/` is outside the id alphabet), so keys never collide:
+    `a/b` and `a_b` stay apart."""
+    from schemas.ids import safe_id
+
     out = {}
     for r in records:
-        rid = "".join(c if c.isalnum() or c in "-_." else "_" for c in r["request_id"])
+        rid = safe_id(r["request_id"], sep="/")
         for side in ("pre", "post"):
             for k, v in (r.get(side) or {}).items():
                 out[f"edit/{rid}/{side}.{k}"] = v

@@ -1,5 +1,7 @@
-"""The scheduled knowledge update: every request file in the inbox is run through the
-edit-batch flow, then moved to done/ or quarantine/ (never deleted) or left for the next run."""
+"""The scheduled knowledge update: every READY request file in the inbox is run through the
+edit-batch flow, then moved to done/ or quarantine/ (never deleted) or left for the next run.
+Symlinks, empty, over-size and unreadable files go to quarantine/ without an edit; files
+still being written are left alone. The rules: `odedit.lifecycle.inbox`."""
 
 from __future__ import annotations
 
@@ -24,32 +26,18 @@ from odedit.lifecycle import inbox  # noqa: E402
 @flow(name="inbox-drain")
 def inbox_drain(inbox_dir: str | None = None, name: str = state.DEFAULT_MODEL_NAME, method: str = "odedit-ft-l",
                 gate_config: str | None = None, deployment: str | None = "knowledge-update",
-                model: str | None = None, steps: int | None = None, tracking_uri: str | None = None) -> list[dict]:
-    """Drain `inbox_dir` (default: the state directory's inbox/)."""
-    log = run_logger()
+                model: str | None = None, steps: int | None = None, tracking_uri: str | None = None,
+                settle_s: float | None = None, max_bytes: int | None = None) -> list[dict]:
+    """Drain `inbox_dir` (default: the state directory's inbox/). `settle_s`: seconds a file
+    without a NAME.ready marker must be unchanged (default $ODEDIT_INBOX_SETTLE_S or 30);
+    `max_bytes`: size cap per file (default $ODEDIT_MAX_BATCH_BYTES or 64 MiB)."""
     d = Path(inbox_dir) if inbox_dir else state.inbox_dir()
-    results = []
-    for f in inbox.pending_files(d):
-        try:
-            res = edit_batch(str(f), name=name, method=method, gate_config=gate_config, deployment=deployment,
-                             model=model, steps=steps, tracking_uri=tracking_uri)
-        except Exception as exc:  # registry down, killed step...: the file stays for the next run
-            log.error("batch %s failed, left in the inbox: %s", f.name, exc)
-            results.append({"source": str(f), "status": "error", "error": str(exc), "moved_to": None})
-            continue
-        where = inbox.disposition(res)
-        if where != "keep":
-            reason = {"status": res["status"], "gate": res.get("gate"), "run_id": res.get("run_id")} \
-                if where == "quarantine" else None
-            res["moved_to"] = str(inbox.move(f, where, reason))
-            q = Path(res["work_dir"]) / "validation" / "quarantine.parquet"
-            if res.get("rejected") and q.is_file():
-                inbox.move(q, "quarantine").rename(d / "quarantine" / f"{f.stem}.rejected.parquet")
-        else:
-            res["moved_to"] = None
-        log.info("%s: %s -> %s", f.name, res["status"], where)
-        results.append(res)
-    return results
+
+    def run_batch(source: str) -> dict:
+        return edit_batch(source, name=name, method=method, gate_config=gate_config, deployment=deployment,
+                          model=model, steps=steps, tracking_uri=tracking_uri)
+
+    return inbox.drain(d, run_batch, settle_s=settle_s, max_bytes=max_bytes, log=run_logger())
 
 
 if __name__ == "__main__":

@@ -207,9 +207,27 @@ def runs_mentioning(client: MlflowClient, request_id: str) -> list:
     exp = client.get_experiment_by_name(state.EXPERIMENT)
     if exp is None:
         return []
-    needle = json.dumps(request_id).replace("'", "''")
-    return client.search_runs([exp.experiment_id], f"tags.`{T}request_ids` LIKE '%{needle}%'",
-                              order_by=["attributes.start_time DESC"], max_results=1000)
+    # LIKE only narrows the search: every character of the JSON-quoted id that is not a plain
+    # letter, digit, '.' or '-' (quotes, backslashes, LIKE's own % and _) becomes the
+    # one-character wildcard `_`, so the filter string needs no escaping and can only match
+    # MORE runs; the exact test is the membership check on the parsed JSON list below.
+    needle = "".join(c if (c.isascii() and c.isalnum()) or c in ".-" else "_" for c in json.dumps(request_id))
+    runs, token = [], None
+    while True:
+        page = client.search_runs([exp.experiment_id], f"tags.`{T}request_ids` LIKE '%{needle}%'",
+                                  order_by=["attributes.start_time DESC"], max_results=1000, page_token=token)
+        runs += [r for r in page if _mentions(r, request_id)]
+        token = page.token
+        if not token:
+            return runs
+
+
+def _mentions(run, request_id: str) -> bool:
+    try:
+        ids = json.loads(run.data.tags.get(T + "request_ids") or "[]")
+    except ValueError:
+        return False
+    return isinstance(ids, list) and request_id in ids
 
 
 # ----------------------------------------------------------------------------- writing

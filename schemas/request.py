@@ -17,6 +17,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from schemas.ids import ID_MAX_LENGTH, ID_PATTERN
+
 
 def _as_list(value):
     if value is None:
@@ -43,7 +45,9 @@ class EditRequest(AuditInfo):
 
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=False)
 
-    id: str = Field(min_length=1, description="unique id of the request within its batch")
+    id: str = Field(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN,
+                    description="unique id of the request within its batch: 1-128 of A-Z a-z 0-9 . _ -, "
+                                "not starting with '.' or '-' (schemas/ids.py)")
     image: str = Field(min_length=1, description="path of the edit image")
     src: str = Field(min_length=1, description="the edit prompt (question about the image)")
     alt: str = Field(min_length=1, description="the new target answer")

@@ -122,3 +122,136 @@ def test_invalid_json_file_is_a_batch_error(tmp_path, text, match):
 def test_in_memory_records():
     rows = read_records([{"id": "a"}, 3])
     assert rows[0].row_id == "a" and rows[1].issues[0].reason == Reason.MALFORMED_ROW
+
+
+# ----------------------------------------------------------------------------- bounded, streaming reads
+MB = 2**20
+
+
+def _write_big_jsonl(path, total_bytes, line_bytes):
+    """A JSONL file of about `total_bytes`, written in chunks (the test itself stays small)."""
+    pad = "p" * (line_bytes - 40)
+    with path.open("w", encoding="utf-8") as f:
+        i = written = 0
+        while written < total_bytes:
+            line = json.dumps({"id": f"r{i}", "src": pad}) + "\n"
+            f.write(line)
+            written += len(line)
+            i += 1
+    return i
+
+
+def _peak_alloc(fn):
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        result = fn()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_fifty_megabyte_jsonl_is_inspected_in_bounded_memory(tmp_path):
+    from odedit.requests.io import inspect_batch
+
+    p = tmp_path / "big.jsonl"
+    n = _write_big_jsonl(p, 50 * MB, 64 * 1024)
+    assert p.stat().st_size >= 50 * MB
+    rows, peak = _peak_alloc(lambda: inspect_batch(p))
+    assert rows == n
+    assert peak < 2 * MB, f"peak {peak / MB:.1f} MiB while streaming a 50 MiB file"
+
+
+def test_a_fifty_megabyte_line_is_one_rejected_row_in_bounded_memory(tmp_path):
+    from odedit.requests.io import KEEP_OF_LONG_LINE, ReadLimits, read_jsonl
+
+    p = tmp_path / "one_line.jsonl"
+    with p.open("w") as f:
+        f.write('{"id": "ok", "src": "q"}\n{"id": "huge", "src": "')
+        for _ in range(50):
+            f.write("x" * MB)
+        f.write('"}\n{"id": "after"}\n')
+    rows, peak = _peak_alloc(lambda: read_jsonl(p, ReadLimits(max_file_bytes=64 * MB, max_line_bytes=MB)))
+    assert peak < 4 * MB, f"peak {peak / MB:.1f} MiB for a 50 MiB line"
+    assert [r.row_id for r in rows] == ["ok", "one_line.jsonl:2", "after"]
+    (issue,) = rows[1].issues
+    assert issue.reason == Reason.LINE_TOO_LONG and "over the 1048576-byte cap" in issue.message
+    assert rows[1].original.startswith('{"id": "huge"') and len(rows[1].original) == KEEP_OF_LONG_LINE
+
+
+def test_file_over_the_size_cap_is_refused_before_reading(tmp_path, monkeypatch):
+    from odedit.requests.io import BatchTooLarge, ReadLimits, inspect_batch
+
+    p = tmp_path / "b.jsonl"
+    _write_big_jsonl(p, 200_000, 1000)
+    for reader in (read_batch, inspect_batch):
+        with pytest.raises(BatchTooLarge, match="over the 100000-byte cap"):
+            reader(p, ReadLimits(max_file_bytes=100_000))
+    monkeypatch.setenv("ODEDIT_MAX_BATCH_BYTES", "1000")  # the default comes from the environment
+    with pytest.raises(BatchTooLarge):
+        read_batch(p)
+    q = tmp_path / "b.json"
+    q.write_text(json.dumps([{"id": "x" * 2000}]))
+    with pytest.raises(BatchTooLarge):
+        read_batch(q)
+
+
+def test_symlinks_fifos_and_directories(tmp_path):
+    import os
+
+    from odedit.requests.io import NotARegularFile, ReadLimits
+
+    target = tmp_path / "outside.jsonl"
+    target.write_text('{"id": "secret"}\n')
+    link = tmp_path / "link.jsonl"
+    os.symlink(target, link)
+    assert [r.row_id for r in read_batch(link)] == ["secret"]  # followed by default (CLI use)
+    with pytest.raises(NotARegularFile, match="symlink"):
+        read_batch(link, ReadLimits(follow_symlinks=False))
+    os.mkfifo(tmp_path / "pipe.jsonl")  # would block forever if opened for a blocking read
+    with pytest.raises(NotARegularFile, match="not a regular file"):
+        read_batch(tmp_path / "pipe.jsonl")
+    (tmp_path / "dir.jsonl").mkdir()
+    with pytest.raises(BatchReadError):
+        read_batch(tmp_path / "dir.jsonl")
+
+
+def test_inspect_batch_errors(tmp_path):
+    from odedit.requests.io import EmptyBatchError, inspect_batch
+
+    (tmp_path / "e.jsonl").write_text("\n  \n")
+    with pytest.raises(EmptyBatchError):
+        inspect_batch(tmp_path / "e.jsonl")
+    (tmp_path / "junk.jsonl").write_bytes(b"\x00\x01 not json\n")
+    with pytest.raises(BatchReadError, match="no line is valid JSON"):
+        inspect_batch(tmp_path / "junk.jsonl")
+    pq.write_table(pa.table({"id": pa.array([], pa.string())}), tmp_path / "e.parquet")
+    with pytest.raises(EmptyBatchError):
+        inspect_batch(tmp_path / "e.parquet")
+    (tmp_path / "x.parquet").write_text("nope")
+    with pytest.raises(BatchReadError, match="not a readable Parquet"):
+        inspect_batch(tmp_path / "x.parquet")
+    pq.write_table(pa.table({"id": ["a", "b"]}), tmp_path / "ok.parquet")
+    assert inspect_batch(tmp_path / "ok.parquet") == 2
+
+
+def test_synthetic_ids_follow_the_id_policy(tmp_path):
+    from schemas.ids import is_valid_id
+
+    p = tmp_path / "my batch [v2].json"
+    p.write_text(json.dumps([MMEDIT_RECORD]))
+    (row,) = read_batch(p)
+    assert row.row_id == "my_batch__v2_-0" and is_valid_id(row.row_id)
+
+
+def test_validate_batch_passes_read_limits(tmp_path):
+    import os
+
+    from odedit.requests import NotARegularFile, ReadLimits, validate_batch
+
+    target = tmp_path / "t.jsonl"
+    target.write_text('{"id": "a"}\n')
+    os.symlink(target, tmp_path / "l.jsonl")
+    with pytest.raises(NotARegularFile):
+        validate_batch(tmp_path / "l.jsonl", [tmp_path], read_limits=ReadLimits(follow_symlinks=False))

@@ -97,7 +97,8 @@ def test_inbox_drain_moves_files(harness, tiny_model, state):
 
     inbox = state / "inbox"
     fixtures.demo_batch(inbox / "one.jsonl", 1, seed=3)
-    out = inbox_drain.fn(str(inbox), name="i", model=tiny_model, method="ft-l", steps=2, deployment="demo")
+    out = inbox_drain.fn(str(inbox), name="i", model=tiny_model, method="ft-l", steps=2, deployment="demo",
+                         settle_s=0)  # just written: taken without waiting for the settle time
     assert out[0]["status"] == "registered"
     assert (inbox / "done" / "one.jsonl").is_file() and not (inbox / "one.jsonl").exists()
 

@@ -407,3 +407,69 @@ def test_cli_exit_codes_and_json(root, tmp_path):
     assert r.exit_code == 2 and "missing.jsonl: no such file" in r.output
     r = runner.invoke(app, ["validate", str(good), "--model", str(tmp_path / "no_model_here")])
     assert r.exit_code == 2 and "cannot read tokenizer" in r.output
+
+
+# ----------------------------------------------------------------------------- the id policy (schemas/ids.py)
+HOSTILE_IDS = [
+    ("a/b", "invalid_id_chars"), ("../../etc/passwd", "invalid_id_chars"), ("..", "invalid_id_chars"),
+    (".", "invalid_id_chars"), (".hidden", "invalid_id_chars"), ("-rf", "invalid_id_chars"),
+    ("two\nlines", "invalid_id_chars"), ("[/bold]x[red]", "invalid_id_chars"), ("100%", "invalid_id_chars"),
+    ("o'brien", "invalid_id_chars"), ("a b", "invalid_id_chars"), ("caf\u00e9", "invalid_id_chars"),
+    ("bell\x07", "invalid_id_chars"), ("x" * 129, "id_too_long"), ("y" * 300, "id_too_long"),
+    ("z" * 3000, "id_too_long"),
+]
+
+
+@pytest.mark.parametrize("rid, reason", HOSTILE_IDS)
+def test_hostile_ids_are_rejected_and_good_rows_pass(root, rid, reason):
+    rej = check_one(req(1, id=rid), root)
+    assert (rej.reason, rej.field) == (reason, "id"), rej.message
+    assert rej.row_id == rid  # the quarantine keeps the id as submitted
+    assert "\n" not in rej.message and len(rej.message) < 400  # repr'd, long ids shortened
+
+
+def test_id_policy_edges(root):
+    from schemas.ids import id_problem, is_valid_id
+
+    for ok in ("a", "A.b_c-1", "_x", "x" * 128, "edit-0-000", "a..b"):
+        assert is_valid_id(ok) and id_problem(ok) is None, ok
+    res = validate_batch([req(0, id="x" * 128), req(1, id="_private.v2")], [root], LIMITS)
+    assert res.ok, [r.message for r in res.rejected]
+    assert "at most 128" in id_problem("x" * 129)[1] and "'/'" in id_problem("a/b")[1]
+    assert not is_valid_id("end\n") and check_one(req(1, id="end\n"), root).reason == "invalid_id_chars"
+
+
+def test_one_bad_id_never_blocks_a_file(root, tmp_path):
+    """A 3000-character id (and friends) in a JSONL file: each bad row rejected with its code,
+    the good rows accepted, the quarantine written."""
+    p = tmp_path / "ids.jsonl"
+    rows = [req(0), req(1, id="q" * 3000), req(2, id="a/b"), req(3, id="100%_'x'"), req(4)]
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    res = validate_batch(p, [root], LIMITS, out_dir=tmp_path / "o")
+    assert [a.id for a in res.accepted] == ["r0", "r4"]
+    assert [r.reason for r in res.rejected] == ["id_too_long", "invalid_id_chars", "invalid_id_chars"]
+    q = pq.read_table(tmp_path / "o" / "quarantine.parquet").to_pylist()
+    assert [x["row_id"] for x in q] == ["q" * 3000, "a/b", "100%_'x'"]
+
+
+def test_edit_request_model_and_json_schema_carry_the_id_policy():
+    import jsonschema
+    from pydantic import ValidationError
+
+    from schemas import export
+    from schemas.request import EditRequest
+
+    good = {"id": "r1", "image": "a.png", "src": "q?", "alt": "x"}
+    EditRequest.model_validate(good)
+    schema = json.loads((export.SCHEMA_DIR / "edit_request.schema.json").read_text())
+    jsonschema.validate(good, schema)
+    for rid, _ in HOSTILE_IDS:
+        with pytest.raises(ValidationError):
+            EditRequest.model_validate(dict(good, id=rid))
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(dict(good, id=rid), schema)
+
+
+def test_readme_lists_every_reason_code():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert [r.value for r in Reason if f"| `{r.value}` |" not in readme] == []

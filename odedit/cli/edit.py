@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from odedit.cli import app
 from odedit.cli.render import console, edit_table
 from odedit.config import METHODS, EditConfig
+from schemas.ids import display_id, safe_id
 
 MODEL_HELP = "Model directory or hub id (Auto classes); default: the embedded tiny LLaVA."
 
@@ -40,11 +42,23 @@ def _load_model(model: Optional[str], device: Optional[str]):
 
     ref = model or _default_model_ref()
     try:
-        with console.status(f"loading model {ref}"):
+        with console.status(escape(f"loading model {ref}")):
             return ref, MLLMAdapter.load(ref, device=device)
     except (ModelLoadError, ValueError) as exc:
-        console.print(f"[red]error[/] --model: {exc}")
+        console.print(f"[red]error[/] --model: {escape(str(exc))}")
         raise typer.Exit(2)
+
+
+def delta_path(out: Path, request_id: str) -> Path:
+    """Where the delta of `request_id` goes: `OUT/deltas/<safe name>`, never outside OUT.
+    A valid id (schemas/ids.py) is its own name; anything else (validation rejects it, this is
+    defence in depth) becomes a sanitised prefix + hash. Raises ValueError if the resolved
+    path would still leave OUT/deltas (e.g. OUT/deltas is a symlink pointing elsewhere)."""
+    base = (Path(out) / "deltas").resolve()
+    dest = (base / safe_id(request_id)).resolve()
+    if dest.parent != base or not dest.is_relative_to(Path(out).resolve()):
+        raise ValueError(f"delta path for request {display_id(request_id)} leaves {out}: {dest}")
+    return dest
 
 
 def execute(requests, image_root, ref: str, adapter, cfg: EditConfig, sequential: bool, out: Path):
@@ -52,7 +66,7 @@ def execute(requests, image_root, ref: str, adapter, cfg: EditConfig, sequential
     from odedit.editing import run_edits
     from odedit.pools import locality_pool_for
 
-    console.print(f"model [bold]{ref}[/] on {adapter.device}; method [bold]{cfg.method}[/]; "
+    console.print(f"model [bold]{escape(str(ref))}[/] on {adapter.device}; method [bold]{escape(cfg.method)}[/]; "
                   f"{len(requests)} request(s), {'sequential' if sequential else 'single'} editing")
     pool = locality_pool_for(adapter, ref, requests, image_root, seed=cfg.seed)
     with Progress(TextColumn("[bold]editing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -60,17 +74,17 @@ def execute(requests, image_root, ref: str, adapter, cfg: EditConfig, sequential
         task = progress.add_task("", total=len(requests))
 
         def advance(record):
-            progress.update(task, advance=1, description=f"{record.request_id}: {record.status}")
+            progress.update(task, advance=1, description=escape(f"{record.request_id}: {record.status}"))
 
         run = run_edits(adapter, requests, image_root, cfg, pool, sequential=sequential, on_record=advance)
     console.print(edit_table(run))
     out.mkdir(parents=True, exist_ok=True)
     for rid, delta in run.deltas.items():
-        delta.save(out / "deltas" / rid)
+        delta.save(delta_path(out, rid))
     (out / "edits.json").write_text(json.dumps(
         {"model": ref, "config": cfg.to_dict(), "sequential": sequential, "summary": run.summary(),
          "records": [r.to_dict() for r in run.records]}, indent=2, default=str))
-    console.print(f"deltas and edits.json written to [bold]{out}[/]")
+    console.print(f"deltas and edits.json written to [bold]{escape(str(out))}[/]")
     return run
 
 
@@ -86,14 +100,14 @@ def _validated(path: Path, image_root: Path, model_ref: str, out: Path):
     try:
         result = validate_batch(path, [image_root], limits, out_dir=out / "validation")
     except BatchError as exc:
-        console.print(f"[red]error[/] {path}: {exc}")
+        console.print(f"[red]error[/] {escape(str(path))}: {escape(str(exc))}")
         raise typer.Exit(2)
-    for rej in result.rejected:
-        console.print(f"[red]rejected[/] request {rej.row_id}, field {rej.field}: "
-                      f"{rej.reason} - {rej.message}")
+    for rej in result.rejected:  # ids of rejected rows may be anything: repr'd and escaped
+        console.print(f"[red]rejected[/] request {escape(display_id(rej.row_id))}, field {escape(str(rej.field))}: "
+                      f"{escape(rej.reason)} - {escape(rej.message)}")
     if result.rejected:
-        console.print(f"{len(result.rejected)} rejected row(s) kept in "
-                      f"{out / 'validation' / 'quarantine.parquet'}")
+        console.print(escape(f"{len(result.rejected)} rejected row(s) kept in "
+                             f"{out / 'validation' / 'quarantine.parquet'}"))
     return result.accepted, result.rejected
 
 

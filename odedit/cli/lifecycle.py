@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from odedit.cli import app
 from odedit.cli.render import console
@@ -39,6 +40,8 @@ def run_batch(
     model: Optional[str] = typer.Option(None, "--model", help="Base model when NAME is new (default: the embedded model)."),
     steps: Optional[int] = typer.Option(None, help="Override optimisation steps per edit."),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=URI_HELP),
+    settle: Optional[float] = typer.Option(None, "--settle", help="Directory only: seconds a file without a "
+                                           "NAME.ready marker must be unchanged (default $ODEDIT_INBOX_SETTLE_S or 30)."),
 ):
     """Validate -> build environments -> edit the champion -> gate -> register a `candidate`.
     Requests already registered are skipped; a directory is drained like the scheduled inbox."""
@@ -48,7 +51,7 @@ def run_batch(
         from flows.inbox_drain import inbox_drain
 
         results = inbox_drain(str(source), name=name, method=method, gate_config=gc, deployment=deployment,
-                              model=model, steps=steps)
+                              model=model, steps=steps, settle_s=settle)
     else:
         from flows.edit_batch import edit_batch
 
@@ -56,12 +59,14 @@ def run_batch(
                               model=model, steps=steps)]
     for r in results:
         g = r.get("gate") or {}
-        console.print(f"[bold]{Path(r['source']).name}[/]: {r['status']}; version {r.get('version') or '-'}; "
-                      f"run {r.get('run_id') or '-'}; skipped {len(r.get('skipped', []))}; "
-                      f"pending {len(r.get('pending', []))}")
+        line = (f"{r['status']}; version {r.get('version') or '-'}; run {r.get('run_id') or '-'}; "
+                f"skipped {len(r.get('skipped', []))}; pending {len(r.get('pending', []))}")
+        if r.get("reason"):
+            line += f"; reason {r['reason']}"
+        console.print(f"[bold]{escape(repr(Path(r['source']).name)[1:-1])}[/]: {escape(line)}")
         for reason in g.get("reasons", []):
-            console.print(f"  [red]gate[/] {reason}")
-    if any(r["status"] in ("gate-failed", "error") for r in results):
+            console.print(f"  [red]gate[/] {escape(str(reason))}")
+    if any(r["status"] in ("gate-failed", "error", "rejected", "quarantined") for r in results):
         raise typer.Exit(1)
 
 
@@ -81,7 +86,7 @@ def promote(
     try:
         res = flow(name, version, str(gate_config) if gate_config else None, deployment)
     except PromotionRefused as exc:
-        console.print(f"[red]refused:[/] {exc}")
+        console.print(f"[red]refused:[/] {escape(str(exc))}")
         raise typer.Exit(1)
     console.print(json.dumps(res, indent=2))
     if res["status"] == "refused":
@@ -102,7 +107,7 @@ def rollback(
     try:
         res = flow(name, to)
     except PromotionRefused as exc:
-        console.print(f"[red]refused:[/] {exc}")
+        console.print(f"[red]refused:[/] {escape(str(exc))}")
         raise typer.Exit(1)
     console.print(json.dumps(res, indent=2))
 
@@ -125,12 +130,13 @@ def history(
     if fmt == "table":
         from rich.table import Table
 
-        t = Table(title=f"{name}: {len(rows)} edit(s) in the champion's lineage")
+        t = Table(title=escape(f"{name}: {len(rows)} edit(s) in the champion's lineage"))
         for c in ("version", "request_id", "requester", "ticket", "reason", "answer_before", "answer_after",
                   "post.reliability", "post.t_locality", "gate", "run_id"):
             t.add_column(c)
         for r in rows:
-            t.add_row(*[("%.2f" % v if isinstance(v, float) else str(v if v is not None else "-"))
+            # every cell is data (ids, free-text reasons, answers): escaped, never rich markup
+            t.add_row(*[escape("%.2f" % v if isinstance(v, float) else str(v if v is not None else "-"))
                         for v in (r["version"], r["request_id"], r["requester"], r["ticket"], r["reason"],
                                   r["answer_before"], r["answer_after"], r["post.reliability"],
                                   r["post.t_locality"], r["gate"], (r["run_id"] or "")[:8])])
@@ -154,7 +160,7 @@ def show(
 
     found = registry.show(registry.connect(), edit_id)
     if not found:
-        console.print(f"[red]no edit with id {edit_id!r}[/]")
+        console.print(f"[red]no edit with id {escape(repr(edit_id))}[/]")
         raise typer.Exit(1)
     print(json.dumps(found, indent=2, default=str))
 

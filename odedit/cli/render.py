@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from typing import TYPE_CHECKING
@@ -22,7 +23,8 @@ def _pct(v) -> str:
 
 
 def edit_table(run: "EditRun") -> Table:
-    title = f"{run.config.method} - {'sequential' if run.sequential else 'single'} edits (before -> after, %)"
+    # Ids, answers and errors come from requests and models: escaped, never read as rich markup.
+    title = escape(f"{run.config.method} - {'sequential' if run.sequential else 'single'} edits (before -> after, %)")
     table = Table(title=title, show_lines=False)
     table.add_column("request")
     table.add_column("answer before -> after")
@@ -32,11 +34,12 @@ def edit_table(run: "EditRun") -> Table:
     table.add_column("s", justify="right")
     for r in run.records:
         if r.status != "ok":
-            table.add_row(r.request_id, f"[red]{r.status}[/]: {(r.error or '').splitlines()[0][:60]}",
+            error = ((r.error or '').splitlines() or [''])[0][:60]
+            table.add_row(escape(r.request_id), f"[red]{escape(r.status)}[/]: {escape(error)}",
                           *["-"] * len(METRICS), str(r.steps), f"{r.seconds:.2f}")
             continue
-        cells = [f"{_pct(getattr(r.pre, k))}->{_pct(getattr(r.post, k))}" for k, _ in METRICS]
-        table.add_row(r.request_id, f"{r.answer_before} -> {r.answer_after} (target {r.target})",
+        cells = [f"{_pct(getattr(r.pre, k, None))}->{_pct(getattr(r.post, k, None))}" for k, _ in METRICS]
+        table.add_row(escape(r.request_id), escape(f"{r.answer_before} -> {r.answer_after} (target {r.target})"),
                       *cells, str(r.steps), f"{r.seconds:.2f}")
     s = run.summary()
     table.add_section()

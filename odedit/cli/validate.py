@@ -10,6 +10,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -44,14 +45,14 @@ def _limits(model: Optional[str], no_model: bool, max_prompt: Optional[int], max
 def summary_table(report) -> Table:
     from odedit.requests.reasons import DESCRIPTIONS, Reason
 
-    table = Table(title=f"batch {report.batch_id}: {report.rows_in} row(s) in", show_lines=False)
+    table = Table(title=escape(f"batch {report.batch_id}: {report.rows_in} row(s) in"), show_lines=False)
     table.add_column("outcome")
     table.add_column("rows", justify="right")
     table.add_column("meaning")
     table.add_row("[green]accepted[/]", str(report.accepted), "")
     for code, n in report.rejected_by_reason.items():
         desc = DESCRIPTIONS.get(Reason(code), "") if code in Reason._value2member_map_ else ""
-        table.add_row(f"[red]rejected[/] {code}", str(n), desc)
+        table.add_row(f"[red]rejected[/] {escape(code)}", str(n), escape(desc))
     table.add_section()
     table.add_row("total out", str(report.accepted + report.rejected), f"{report.duration_s:.2f} s")
     return table
@@ -84,7 +85,7 @@ def validate(
         if json_out:
             typer.echo(json.dumps({"error": msg, "exit_code": 2}))
         else:
-            err_console.print(f"[red]error[/]: {msg}", soft_wrap=True)
+            err_console.print(f"[red]error[/]: {escape(msg)}", soft_wrap=True)
         raise typer.Exit(2)
 
     try:
@@ -105,13 +106,13 @@ def validate(
         typer.echo(json.dumps(doc, indent=2))
     else:
         if note:
-            console.print(f"[yellow]note[/]: {note}")
+            console.print(f"[yellow]note[/]: {escape(note)}")
         console.print(summary_table(report))
         for r in result.rejected[:show]:
             console.print(Text.assemble(("rejected ", "red"), f"[{r.reason}] {r.message}"), highlight=False,
                           soft_wrap=True)
         if len(result.rejected) > show:
-            console.print(f"... and {len(result.rejected) - show} more (see {report.artifacts.get('quarantine')})")
-        console.print(f"artifacts in {out}: quarantine.parquet, accepted.jsonl, gx_result.json, report.json")
+            console.print(escape(f"... and {len(result.rejected) - show} more (see {report.artifacts.get('quarantine')})"))
+        console.print(escape(f"artifacts in {out}: quarantine.parquet, accepted.jsonl, gx_result.json, report.json"))
     if result.rejected:
         raise typer.Exit(1)

@@ -36,6 +36,9 @@ class Reason(StrEnum):
     IMAGE_TOO_LARGE = "image_too_large"
     IMAGE_UNDECODABLE = "image_undecodable"
     IMAGE_TRUNCATED = "image_truncated"
+    INVALID_ID_CHARS = "invalid_id_chars"
+    ID_TOO_LONG = "id_too_long"
+    LINE_TOO_LONG = "line_too_long"
 
     @property
     def description(self) -> str:
@@ -67,6 +70,10 @@ DESCRIPTIONS: dict[Reason, str] = {
     Reason.IMAGE_TOO_LARGE: "an image exceeds the byte or pixel limit (decompression-bomb guard)",
     Reason.IMAGE_UNDECODABLE: "an image file's bytes do not decode as an image",
     Reason.IMAGE_TRUNCATED: "an image file is truncated or corrupt past its header",
+    Reason.INVALID_ID_CHARS: "the id holds characters outside A-Z a-z 0-9 . _ - (e.g. '/', spaces, newlines, "
+                             "markup), starts with '.' or '-', or is '.' / '..' (schemas/ids.py)",
+    Reason.ID_TOO_LONG: "the id is longer than 128 characters (schemas/ids.py)",
+    Reason.LINE_TOO_LONG: "a JSONL line exceeds the per-line byte cap (ODEDIT_MAX_LINE_BYTES); only its start is kept",
 }
 
 

@@ -22,10 +22,11 @@ from typing import Any, Iterable, Mapping, Sequence
 from pydantic import ValidationError
 
 from odedit.requests.images import ImageChecker
-from odedit.requests.io import BatchError, EmptyBatchError, RawRow, read_batch, read_records
+from odedit.requests.io import BatchError, EmptyBatchError, RawRow, ReadLimits, read_batch, read_records
 from odedit.requests.limits import ValidationLimits
 from odedit.requests.reasons import Issue, Reason
 from schemas.batch import EditBatch, RejectedRow, RowIssue, ValidationReport
+from schemas.ids import display_id, id_problem
 from schemas.request import EditRequest
 
 SCALAR_TEXT = ("id", "image", "src", "alt", "pred", "subject", "requester", "reason", "ticket")
@@ -82,6 +83,8 @@ def row_issues(payload: Mapping[str, Any]) -> list[Issue]:
             continue
         if not isinstance(v, str):
             issues.append(Issue(name, Reason.WRONG_TYPE, f"expected text, got {_type_name(v)}"))
+        elif name == "id" and v.strip() and not _SURROGATE.search(v) and (p := id_problem(v)):
+            issues.append(Issue("id", Reason(p[0]), p[1]))  # the id policy: schemas/ids.py
         elif (t := _text_issue(name, v)):
             issues.append(t)
     lengths: dict[str, int] = {}
@@ -140,25 +143,31 @@ _PYDANTIC_REASONS = {
 }
 
 
+_PYDANTIC_ID_REASONS = {"string_pattern_mismatch": Reason.INVALID_ID_CHARS, "string_too_long": Reason.ID_TOO_LONG}
+
+
 def _pydantic_issues(exc: ValidationError) -> list[Issue]:
     out = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or None
-        out.append(Issue(loc, _PYDANTIC_REASONS.get(err["type"], Reason.INVALID_VALUE), err["msg"]))
+        reasons = _PYDANTIC_ID_REASONS if loc == "id" else {}
+        reason = reasons.get(err["type"]) or _PYDANTIC_REASONS.get(err["type"], Reason.INVALID_VALUE)
+        out.append(Issue(loc, reason, err["msg"]))
     return out
 
 
 def _message(row: RawRow, issue: Issue) -> str:
-    where = f"row {row.row_id!r}" + (f" ({row.ref})" if row.ref != row.row_id else "")
+    # display_id: quoted, newlines / markup-looking text escaped, very long ids shortened
+    where = f"row {display_id(row.row_id)}" + (f" ({row.ref})" if row.ref != row.row_id else "")
     if issue.field:
         where += f", field {issue.field!r}"
     return f"{where}: {issue.message}"
 
 
-def _load_rows(rows_or_path) -> tuple[list[RawRow], str, str | None]:
+def _load_rows(rows_or_path, read_limits: ReadLimits | None = None) -> tuple[list[RawRow], str, str | None]:
     if isinstance(rows_or_path, (str, Path)):
         path = Path(rows_or_path)
-        return read_batch(path), path.stem, str(path)
+        return read_batch(path, read_limits), path.stem, str(path)
     if isinstance(rows_or_path, Iterable) and not isinstance(rows_or_path, (bytes, Mapping)):
         return read_records(list(rows_or_path)), "rows", None
     raise BatchError(f"cannot validate a {type(rows_or_path).__name__}; give a path or a list of rows")
@@ -171,12 +180,14 @@ def validate_batch(
     out_dir: str | Path | None = None,
     check_images: bool = True,
     batch_id: str | None = None,
+    read_limits: ReadLimits | None = None,
 ) -> ValidationResult:
     """Validate a batch file (JSONL / Parquet / MMEdit JSON) or in-memory rows.
 
     Raises `BatchError` (with a clear message) only when the batch as a whole cannot be
     validated: unreadable or unsupported file, or no rows at all. Everything else is a
     per-row rejection. `check_images=False` skips the file system (only lexical path checks).
+    `read_limits`: file / line caps and symlink following (default: `ReadLimits.from_env()`).
     """
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
@@ -190,7 +201,7 @@ def validate_batch(
         phases[name] = round(now - tick, 4)
         tick = now
 
-    raw, default_id, source = _load_rows(rows_or_path)
+    raw, default_id, source = _load_rows(rows_or_path, read_limits)
     lap("read")
     batch_id = batch_id or default_id
     if not raw:
