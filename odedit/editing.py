@@ -44,10 +44,12 @@ class EditRecord:
 
 @dataclass(frozen=True)
 class Kept:
-    """An earlier edit that must keep holding: its reliability sample and its subject."""
+    """An earlier edit that must keep holding: its reliability sample, its subject and the
+    answer it replaced (that old fact is no longer knowledge to preserve)."""
 
     sample: Sample
     subject: str | None = None
+    replaced: str | None = None
 
 
 def subject_of(request: EditRequest) -> str:
@@ -113,6 +115,8 @@ def run_edits(
                        config.base.null_space_tol)
         both = list(preserve) + kept
         bank.add([k.sample for k in both], [k.subject for k in both])
+        for k in kept:
+            bank.forget(k.subject, k.replaced)
     for req in requests:
         pool = locality_pool(req) if callable(locality_pool) else locality_pool
         envset = build_environments(req, image_root, config.odedit, pool, seed=config.seed)
@@ -133,8 +137,9 @@ def run_edits(
             run.deltas[req.id] = outcome.delta
             if sequential:
                 edited.append(edit_sample)
-                kept.append(Kept(edit_sample, subject_of(req)))
+                kept.append(Kept(edit_sample, subject_of(req), record.answer_before))
                 if bank is not None:  # later edits must not move this one (nor its other views)
+                    bank.forget(subject_of(req), record.answer_before)
                     landed = [edit_sample] + [s for e in envset.train if e.kind == "SE" for s in e.samples]
                     bank.add(landed, [subject_of(req)] * len(landed))
             else:

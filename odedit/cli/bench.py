@@ -27,6 +27,11 @@ def bench(
     grid_name: str = typer.Option("full", "--grid", help="Named grid: quick, full, tiny."),
     perf: bool = typer.Option(False, "--perf", help="Editor performance only: ODEdit/FT-L step time ratio, "
                               "seconds per edit, peak memory vs a forward pass, profile of one edit."),
+    lifelong: bool = typer.Option(False, "--lifelong", help="Lifelong editing: --batches x --batch-size world "
+                                  "edits through run-batch's computing path (edit the champion, gate the final "
+                                  "model, promote on pass), scored on the served champion after every batch."),
+    batches: int = typer.Option(5, "--batches", help="--lifelong: number of batches."),
+    batch_size: int = typer.Option(20, "--batch-size", help="--lifelong: edits per batch."),
     methods: Optional[str] = typer.Option(None, help="Comma-separated methods, e.g. "
                                           "'ft-l,odedit-ft-l,odedit-ft-l[-tv],icl' (overrides the grid's)."),
     seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds (overrides the grid's)."),
@@ -127,6 +132,10 @@ def bench(
         _finish(out, [], meta, results, prof, mlflow, notes)
         return
 
+    if lifelong:
+        _lifelong(ref, adapter, world, methods, seeds, batches, batch_size, base, out, meta, t0, mlflow)
+        return
+
     meta.update(methods=",".join(grid.methods), seeds=",".join(map(str, grid.seeds)), n_single=grid.n_single,
                 ts=",".join(map(str, grid.ts)))
     console.print(f"grid [bold]{name}[/]: {len(grid.methods)} method(s) x {len(grid.seeds)} seed(s); "
@@ -150,6 +159,66 @@ def bench(
     _wide().print(report.rich_table(report.summarise(rows), title=f"odedit bench ({name})"))
     console.print(f"grid wall time {meta['wall_s']:.0f} s")
     _finish(out, rows, meta, None, None, mlflow)
+
+
+LIFELONG_METHODS = "ft-l,odedit-ft-l,odedit-ft-l-lifelong"
+
+
+def _lifelong(ref, adapter, world, methods, seeds, batches, batch_size, base, out: Path, meta: dict, t0: float,
+              use_mlflow: bool) -> None:
+    """`odedit bench --lifelong`: see odedit/bench/lifelong.py."""
+    from odedit.bench import lifelong as L
+    from odedit.bench.grid import parse_method
+    from odedit.lifecycle import gate
+    from odedit.lifecycle.batch import default_probes
+
+    if world is None:
+        console.print("[red]error[/] --lifelong needs a world model (the embedded one or one made by "
+                      "`python -m odedit.models.embedded`)")
+        raise typer.Exit(2)
+    specs = [parse_method(m) for m in _split_methods(methods or LIFELONG_METHODS)]
+    seed_list = _ints(seeds) if seeds else (0, 1, 2)
+    out.mkdir(parents=True, exist_ok=True)
+    probes = default_probes(ref, out / "probes")
+    gate_cfg = gate.load_gate_config()
+    meta.update(grid="lifelong", methods=",".join(s.name for s in specs), seeds=",".join(map(str, seed_list)),
+                batches=batches, batch_size=batch_size, probes=len(probes), protocols=L.PROTOCOLS)
+    console.print(f"lifelong: {len(specs)} method(s) x {len(seed_list)} seed(s) x {batches} batch(es) of "
+                  f"{batch_size} edits, default gate; model {ref} on {adapter.device}")
+    rows: list = []
+    partial = out / "rows.partial.jsonl"
+    partial.write_text("")
+    for seed in seed_list:
+        for spec in specs:
+            cfg = spec.config(seed, base)
+            step = L.registry_step(str(ref), cfg, probes, out / "probes", gate_cfg, out / "work" / f"{spec.name}-{seed}",
+                                   device=str(adapter.device))
+
+            def show(row):
+                console.print(f"  {row.method} seed {row.seed} batch {row.batch}: gate {row.gate}, live {row.live}, "
+                              f"retention {100 * (row.retention or 0):.1f}, regression {100 * (row.regression or 0):.1f}, "
+                              f"M-Gen {100 * (row.m_gen or 0):.1f}, T-Loc {100 * (row.t_loc or 0):.1f}, "
+                              f"{row.seconds_per_edit:.2f} s/edit")
+                _append_partial(partial, [row], t0)
+
+            rows += L.run_lifelong(spec.name, seed, step, adapter, world, probes, out / "probes", out / "images",
+                                   batches, batch_size, on_row=show)
+    meta["wall_s"] = round(time.perf_counter() - t0, 1)
+    summary = L.summarise(rows)
+    L.write_rows(out / "lifelong.json", rows)
+    L.plot(summary, out / "lifelong.png")
+    text = (f"# odedit bench --lifelong\n\n{json.dumps({k: v for k, v in meta.items() if k != 'protocols'})}\n\n"
+            f"## After the last batch\n\n{L.markdown(summary, last_only=True)}\n\n## Every batch\n\n"
+            f"{L.markdown(summary)}\n\n## Protocols\n\n" +
+            "\n".join(f"- {k}: {v}" for k, v in L.PROTOCOLS.items()) + "\n\n![lifelong](lifelong.png)\n")
+    (out / "report.md").write_text(text)
+    console.print(L.markdown(summary, last_only=True), markup=False, highlight=False)
+    console.print(f"report: [bold]{out / 'report.md'}[/], plot {out / 'lifelong.png'} ({meta['wall_s']:.0f} s)")
+    if use_mlflow:
+        from odedit.bench import report
+
+        run_id = report.log_mlflow(out, meta, [], None)
+        console.print(f"logged to MLflow ({report.tracking_uri()}), run {run_id}")
 
 
 def _append_partial(path: Path, rows, t0: float) -> None:

@@ -96,6 +96,12 @@ class KeyBank:
             self.by_fact[key] = self.by_fact.get(key, 0) + cov
             self.total += cov
 
+    def forget(self, subject: str | None, answer: str | None) -> None:
+        """Stop preserving a fact that was replaced on purpose (an edit changed that answer)."""
+        cov = self.by_fact.pop(fact_key(subject, answer), None)
+        if cov is not None:
+            self.total -= cov
+
     def projector(self, subject: str | None = None, answer: str | None = None) -> torch.Tensor:
         """The null-space projector of everything preserved but the fact (subject, answer)."""
         key = fact_key(subject, answer)
