@@ -69,9 +69,12 @@ def run_edits(
     sequential: bool = False,
     on_record: Callable[[EditRecord], None] | None = None,
     fault: dict[str, str] | None = None,
+    keep: Sequence[Sample] = (),
 ) -> EditRun:
     """Edit `adapter.model` with every request. Single mode leaves the model as it was;
-    sequential mode leaves all successful edits applied (their deltas are in the run)."""
+    sequential mode leaves all successful edits applied (their deltas are in the run).
+    `keep`: earlier edits (edit prompt + image -> target) the model must go on answering; passed
+    to `optimise_edit` (accepted, not used by the editors yet)."""
     run = EditRun(config, sequential)
     edited: list[Sample] = []
     for req in requests:
@@ -83,7 +86,7 @@ def run_edits(
             record.answer_before = adapter.answer(edit_sample.prompt, edit_sample.image)
             before = evaluate.baseline(adapter, envset.heldout)
             record.pre = before.scores
-            outcome = optimise_edit(adapter, envset, config, fault=(fault or {}).get(req.id))
+            outcome = optimise_edit(adapter, envset, config, fault=(fault or {}).get(req.id), keep=keep)
             record.steps, record.seconds = outcome.steps, outcome.seconds
             record.delta_bytes = outcome.delta.nbytes
             record.post = evaluate.score(adapter, envset.heldout, before)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 
@@ -51,9 +52,10 @@ class PlainObjective:
 
 
 def optimise_edit(adapter: MLLMAdapter, envset: EnvironmentSet, config: EditConfig,
-                  fault: str | None = None) -> EditOutcome:
+                  fault: str | None = None, keep: Sequence = ()) -> EditOutcome:
     """Run one edit in place on `adapter.model`; returns its delta relative to the weights
-    the model had before. `fault="nan"` injects a non-finite loss (fault-injection tests)."""
+    the model had before. `fault="nan"` injects a non-finite loss (fault-injection tests).
+    `keep` (earlier edits' samples to preserve) is accepted and not used yet."""
     torch.manual_seed(config.seed)
     start = time.perf_counter()
     editor = BASE_EDITORS[config.base_method](adapter, config.base)
