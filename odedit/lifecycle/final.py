@@ -40,7 +40,7 @@ class BatchItem:
 @dataclass
 class FinalScores:
     batch: dict[str, dict] = field(default_factory=dict)  # request id -> five scores + status
-    prior: dict[str, dict] = field(default_factory=dict)  # request id -> reliability + status
+    prior: dict[str, dict] = field(default_factory=dict)  # request HASH -> request id, reliability, status
     regression: dict = field(default_factory=dict)
     metrics: dict[str, float | None] = field(default_factory=dict)
     candidate_answers: dict[str, str] = field(default_factory=dict)
@@ -95,9 +95,10 @@ def score_final(adapter, batch: Sequence[BatchItem], batch_image_root: str | Pat
                     if acc is not None and acc >= HOLDS:
                         superseded_by = later.request_id
         status = status_of(rel, superseded_by is not None, HOLDS)
-        out.prior[e.request_id] = {"reliability": rel, "status": status, "superseded_by": superseded_by}
+        out.prior[e.request_hash] = {"request_id": e.request_id, "reliability": rel, "status": status,
+                                     "superseded_by": superseded_by}
 
-    live = [item.entry for item in batch] + [e for e in prior if out.prior[e.request_id]["status"] != "superseded"]
+    live = [item.entry for item in batch] + [e for e in prior if out.prior[e.request_hash]["status"] != "superseded"]
     targets: dict[str, set[str]] = {}
     for e in live:
         if e.subject:
