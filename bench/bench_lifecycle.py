@@ -214,7 +214,7 @@ def run(a, work: Path) -> dict:
 
     # ---- the batch
     timers = Timers()
-    for attr in ("validate_requests", "build_environments", "optimise", "gate_batch"):
+    for attr in ("validate_requests", "build_environments", "edit_and_gate"):
         timers.wrap_task(tb, attr)
     for attr in ("ensure_model", "registered_hashes", "fetch_champion", "start_run", "log_results",
                  "register_candidate", "finish_run"):
