@@ -49,9 +49,12 @@ class RegistryUnavailable(RegistryError):
     """The registry could not be read or written (server error, connection refused, timeout):
     NOT the same as "absent". Callers must change nothing when they see it."""
 
-    def __init__(self, uri: str, cause: BaseException | str):
-        self.uri, self.cause = uri, cause
-        super().__init__(f"registry unreachable at {uri}: {cause}")
+    def __init__(self, uri: str, cause: str = ""):
+        self.uri, self.cause = str(uri), str(cause)
+        super().__init__(f"registry unreachable at {self.uri}: {self.cause}")
+
+    def __reduce__(self):  # picklable (Prefect may persist task exceptions)
+        return (RegistryUnavailable, (self.uri, self.cause))
 
 
 def _is_absent(exc: BaseException) -> bool:
@@ -442,12 +445,14 @@ def set_candidate(client: MlflowClient, name: str, version: str) -> None:
 
 def repair_candidate(client: MlflowClient, name: str) -> str | None:
     """A complete, gated version newer than both aliases whose alias step was interrupted
-    becomes the candidate. Returns its version, or None when nothing needed repair."""
+    becomes the candidate. Returns its version, or None when nothing needed repair. A version
+    that was ever champion is not "interrupted" (it was promoted, then rolled back from)."""
     champ = alias_version(client, name, CHAMPION)
     cand = alias_version(client, name, CANDIDATE)
     floor = max(int(champ.version) if champ else 0, int(cand.version) if cand else 0)
+    was_champion = {str(h.get(k)) for h in champion_history(client, name) for k in ("version", "from") if h.get(k)}
     newest = [v for v in all_versions(client, name)
-              if int(v.version) > floor and v.tags.get(T + "gate") == "passed"]
+              if int(v.version) > floor and v.tags.get(T + "gate") == "passed" and v.version not in was_champion]
     if not newest:
         return None
     set_candidate(client, name, newest[-1].version)
@@ -464,8 +469,10 @@ def move_champion(client: MlflowClient, name: str, version: str, action: str, no
 
 # ----------------------------------------------------------------------------- audit
 def history(client: MlflowClient, name: str, version: str | None = None) -> list[dict]:
-    """Every edit in the lineage of `version` (default: the champion), oldest first."""
-    from odedit.lifecycle.history import rows_from_run
+    """Every edit in the lineage of `version` (default: the champion), oldest first, with its
+    status ON that version (holds / lost / superseded, from the version's ledger) and its
+    final-model scores (measured when its batch was gated)."""
+    from odedit.lifecycle.history import annotate, rows_from_run
 
     v = get_version(client, name, version) if version else alias_version(client, name, CHAMPION)
     if v is None:
@@ -478,16 +485,32 @@ def history(client: MlflowClient, name: str, version: str | None = None) -> list
         edits = run_json(client, run_id, "edits.json") or {}
         only = set(json.loads(mv.tags.get(T + "request_ids", "[]")))
         rows += rows_from_run(edits, {"version": mv.version, "created_at": mv.tags.get(T + "created_at")}, run_id, only)
-    return rows
+    with tempfile.TemporaryDirectory() as tmp:
+        ledger = download_ledger(client, name, v.version, tmp)
+    return annotate(rows, ledger, v.version)
 
 
 def show(client: MlflowClient, request_id: str) -> list[dict]:
     """Everything recorded about one request id, newest batch first: the record, the
     request's audit fields, its gate report and the version it entered (if any)."""
+    from odedit.lifecycle.history import annotate
+
     out = []
+    statuses: dict[str, dict] = {}  # model name -> {request hash -> status on its champion}
     for run in runs_mentioning(client, request_id):
         edits = run_json(client, run.info.run_id, "edits.json") or {}
         rec = next((r for r in edits.get("records", []) if r["request_id"] == request_id), None)
+        model = run.data.tags.get(T + "model_name")
+        if model and model not in statuses:
+            champ = alias_version(client, model, CHAMPION)
+            statuses[model] = {}
+            if champ is not None:
+                with tempfile.TemporaryDirectory() as tmp:
+                    led = download_ledger(client, model, champ.version, tmp)
+                statuses[model] = {e.request_hash: {"status": e.status, "version": e.version or champ.version,
+                                                    "champion": champ.version, "scores": e.scores}
+                                   for e in led.entries}
+        on_champion = (statuses.get(model) or {}).get((rec or {}).get("request_hash"))
         out.append({"request_id": request_id, "run_id": run.info.run_id, "run_status": run.info.status,
                     "batch_status": run.data.tags.get(T + "status"),
                     "model_name": run.data.tags.get(T + "model_name"),
@@ -495,6 +518,7 @@ def show(client: MlflowClient, request_id: str) -> list[dict]:
                     "parent_version": run.data.tags.get(T + "parent_version"),
                     "started_at": datetime.fromtimestamp(run.info.start_time / 1000, timezone.utc).isoformat(),
                     "request": (edits.get("requests") or {}).get(request_id), "record": rec,
+                    "on_champion": on_champion,
                     "gate": run_json(client, run.info.run_id, "gate_report.json"),
                     "params": {k: v for k, v in run.data.params.items() if not k.startswith(("base.", "odedit."))}})
     return out

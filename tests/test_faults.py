@@ -59,8 +59,8 @@ def test_mlflow_down_at_registration(harness, tiny_model, state, monkeypatch):
     dead = f"http://127.0.0.1:{_dead_port()}"
     original = tr.register_candidate
 
-    def down(run_id, name, base_ref, delta_dir, tags, chain, tracking_uri):
-        return original.fn(run_id, name, base_ref, delta_dir, tags, chain, dead)
+    def down(run_id, name, base_ref, delta_dir, tags, chain, tracking_uri, **kw):
+        return original.fn(run_id, name, base_ref, delta_dir, tags, chain, dead, **kw)
 
     monkeypatch.setattr(tr, "register_candidate", down)
     src = fixtures.demo_batch(state / "req" / "b.jsonl", 2)
