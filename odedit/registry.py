@@ -460,10 +460,18 @@ def repair_candidate(client: MlflowClient, name: str) -> str | None:
 
 
 def move_champion(client: MlflowClient, name: str, version: str, action: str, note: str = "") -> None:
-    """Point `champion` at `version` (promote / rollback); candidate is cleared when promoted."""
+    """Point `champion` at `version` (promote / rollback); candidate is cleared when promoted,
+    and by a rollback when it carries the edits rolled back (it descends from the version rolled
+    back from, which is not an ancestor of the restored one): no later batch builds on them."""
+    prev = alias_version(client, name, CHAMPION)
     _set_champion(client, name, str(version), action, note)
     cand = alias_version(client, name, CANDIDATE)
-    if action == "promote" and cand is not None and cand.version == str(version):
+    if cand is None:
+        return
+    if action == "promote" and cand.version == str(version):
+        client.delete_registered_model_alias(name, CANDIDATE)
+    elif action == "rollback" and prev is not None and prev.version != str(version) \
+            and descends(client, name, cand.version, prev.version) and not descends(client, name, version, prev.version):
         client.delete_registered_model_alias(name, CANDIDATE)
 
 
