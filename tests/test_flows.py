@@ -35,6 +35,8 @@ def test_batch_promote_rollback_history(harness, tiny_model, state):
     run = c.get_run(res["run_id"])
     assert run.data.params["method"] == "ft-l" and run.data.params["base_version"] == "1"
     assert "batch/post.reliability" in run.data.metrics
+    assert {"final/batch_retention", "final/final.reliability", "final/regression.changed_fraction"} <= set(
+        run.data.metrics)  # the gate scored the final candidate
     arts = {a.path for a in c.list_artifacts(res["run_id"])}
     assert {"requests.jsonl", "gate_report.json", "environment_sets.json", "before_after.png", "edits.json",
             "validation", "model"} <= arts or {"requests.jsonl", "gate_report.json", "edits.json"} <= arts

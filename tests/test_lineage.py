@@ -52,6 +52,9 @@ def test_two_batches_without_promote_chain_and_rollback_restores_ledger(harness,
     rows = registry.history(c, "L")
     assert [(r["request_id"], r["version"], r["champion_status"]) for r in rows] == [
         ("edit-1-000", "2", "holds"), ("edit-2-000", "3", "holds")]  # promoting it serves every edit
+    shown = registry.show(c, "edit-1-000")[0]
+    assert shown["on_champion"]["status"] == "holds" and shown["on_champion"]["version"] == "2"
+    assert shown["record"]["final"]["reliability"] == 1.0
 
     # rollback restores the older version's ledger with the version
     assert rollback.fn("L", to="2")["champion"] == "2"
@@ -104,6 +107,7 @@ def test_lost_edit_is_edited_again_not_skipped(harness, tiny_model, state):
     registry, c = client()
     led = registry.download_ledger(c, "X", first["version"], state / "lx")
     assert [e.status for e in led.entries] == ["lost"]
+    assert [r["champion_status"] for r in registry.history(c, "X", first["version"])] == ["lost"]
     again = edit_batch.fn(str(src), name="X", model=tiny_model, **HOLD)
     assert again["status"] == "registered" and again["skipped"] == []
     led = registry.download_ledger(c, "X", again["version"], state / "ly")
