@@ -104,15 +104,19 @@ def connect(tracking_uri: str | None = None) -> MlflowClient:
     return _connect(uri)
 
 
-def _connect(uri: str) -> MlflowClient:
+def _set_uris(tracking: str, registry: str | None = None) -> None:
     before = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    mlflow.set_tracking_uri(tracking)
+    mlflow.set_registry_uri(registry or tracking)
     for k, v in before.items():  # mlflow exports the URI to the environment; the caller's choice stands
         if v is None:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+def _connect(uri: str) -> MlflowClient:
+    _set_uris(uri)
     return MlflowClient(uri, uri)
 
 
@@ -253,8 +257,15 @@ def download_delta(client: MlflowClient, name: str, version: str | int, dst: str
     get_version(client, name, version)
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
-    path = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dst),
-                                               tracking_uri=client.tracking_uri)
+    # `models:/` URIs resolve through mlflow's GLOBAL registry URI: point it at this client's
+    # registry for the call (a bare MlflowClient on a server must not read the local store)
+    prev = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    _set_uris(client.tracking_uri, client._registry_uri)
+    try:
+        path = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dst),
+                                                   tracking_uri=client.tracking_uri)
+    finally:
+        _set_uris(*prev)
     return Path(path) / "artifacts" / "delta"
 
 
