@@ -2,7 +2,7 @@
 request file (default 20), split into edit optimisation vs everything around it (edit
 evaluation, model load, probes, validation, Prefect orchestration, MLflow registry I/O).
 
-    python bench/bench_lifecycle.py [--edits 20] [--model DIR] [--method odedit-ft-l] [--steps N]
+    python bench/bench_lifecycle.py [--edits 20] [--model DIR] [--method odedit-ft-l-lifelong] [--steps N]
                                     [--deployment demo] [--threads N] [--json FILE] [--keep]
 
 Sources of each number:
@@ -45,8 +45,8 @@ for _k, _v in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_
                "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}.items():
     os.environ.setdefault(_k, _v)
 
-COMPUTE_TASKS = ("validate-requests", "build-environments", "optimise-edits", "gate")
-REGISTRY_TASKS = ("ensure-registered-model", "registered-hashes", "fetch-champion", "start-mlflow-run",
+COMPUTE_TASKS = ("validate-requests", "build-environments", "edit-and-gate")
+REGISTRY_TASKS = ("ensure-registered-model", "fetch-champion", "start-mlflow-run",
                   "log-results", "register-candidate", "finish-mlflow-run")
 
 
@@ -138,7 +138,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--edits", type=int, default=20, help="requests in the batch (default 20)")
     ap.add_argument("--model", help="base model dir (default: embedded checkpoint if present, else fixture model)")
-    ap.add_argument("--method", default="odedit-ft-l", help="edit method (default odedit-ft-l, the product default)")
+    ap.add_argument("--method", default="odedit-ft-l-lifelong", help="edit method (default: the product default, odedit-ft-l-lifelong)")
     ap.add_argument("--steps", type=int, help="optimisation steps per edit (default: the EditConfig default)")
     ap.add_argument("--deployment", default="demo",
                     help="gate section (default demo: permissive, so the candidate is registered and the "
@@ -214,9 +214,9 @@ def run(a, work: Path) -> dict:
 
     # ---- the batch
     timers = Timers()
-    for attr in ("validate_requests", "build_environments", "optimise", "gate_batch"):
+    for attr in ("validate_requests", "build_environments", "edit_and_gate"):
         timers.wrap_task(tb, attr)
-    for attr in ("ensure_model", "registered_hashes", "fetch_champion", "start_run", "log_results",
+    for attr in ("ensure_model", "fetch_champion", "start_run", "log_results",
                  "register_candidate", "finish_run"):
         timers.wrap_task(tr, attr)
     timers.wrap_plain(lb, "write_json", "write artifacts")
@@ -235,13 +235,13 @@ def run(a, work: Path) -> dict:
     opt = sum(r.get("seconds") or 0.0 for r in recs)
     per_edit = [r["seconds"] for r in recs if r.get("seconds")]
     metric_edit = run.data.metrics.get("batch/seconds_edit")
-    edit_s, load_s, probe_s = tim.get("edit_s", 0.0), tim.get("load_s", 0.0), tim.get("probe_s", 0.0)
+    edit_s, load_s, probe_s = tim.get("edit_s", 0.0), tim.get("load_s", 0.0), tim.get("final_s", 0.0)
 
     calls, bodies = dict(timers.call), dict(timers.body)
     sum_calls = sum(calls.values())
     engine = {k: calls[k] - bodies.get(k, 0.0) for k in calls}
-    other_compute = sum(bodies.get(k, 0.0) for k in COMPUTE_TASKS if k != "optimise-edits")
-    optimise_body = bodies.get("optimise-edits", 0.0)
+    other_compute = sum(bodies.get(k, 0.0) for k in COMPUTE_TASKS if k != "edit-and-gate")
+    optimise_body = bodies.get("edit-and-gate", 0.0)
     registry_s = sum(bodies.get(k, 0.0) for k in REGISTRY_TASKS)
     flow_body = sum(timers.flow_body.values())
     orchestration = wall - sum_calls - flow_body + sum(engine.values())
@@ -250,11 +250,11 @@ def run(a, work: Path) -> dict:
         ("edit optimisation (optimise_edit, sum of per-edit seconds)", opt, "edits.json records[].seconds"),
         ("edit evaluation (held-out pre/post scores, answers, environments)", edit_s - opt,
          "edits.json timings.edit_s - optimisation"),
-        ("model load (base + champion delta)", load_s, "edits.json timings.load_s"),
-        ("regression probes + locality pool", probe_s, "edits.json timings.probe_s"),
-        ("optimise-edits task, rest (delta compose + save)", optimise_body - edit_s - load_s - probe_s,
+        ("model load + probes + pre-batch baselines", load_s, "edits.json timings.load_s"),
+        ("final-model scoring (reload, every edit, probes) + gate", probe_s, "edits.json timings.final_s"),
+        ("edit-and-gate task, rest (locality pool, delta compose + save)", optimise_body - edit_s - load_s - probe_s,
          "task body - timings"),
-        ("other compute tasks (validate, environments, gate)", other_compute, "task bodies"),
+        ("other compute tasks (validate, environments)", other_compute, "task bodies"),
         ("MLflow registry tasks", registry_s, "task bodies: " + ", ".join(REGISTRY_TASKS)),
         ("flow body: artifacts + plot", flow_body, "write_json / plot_before_after"),
         ("Prefect orchestration (task + flow engines)", orchestration,

@@ -7,9 +7,12 @@ Run it as a plain script (Prefect's ephemeral API, no server):
 
     python flows/edit_batch.py requests.jsonl --name odedit-embedded
 
-or as the `edit-batch` deployment of prefect.yaml. Re-running a batch skips every request
-already registered (by request hash) and edits the rest; a failure anywhere leaves the
-champion untouched and registers nothing half-way.
+or as the `edit-batch` deployment of prefect.yaml. A batch builds on the newest gated version
+of the champion's lineage (the candidate when it descends from the champion). Re-running a
+batch skips every request that HOLDS in that version's ledger (by request hash) and edits the
+rest (a lost or superseded edit is edited again); a failure anywhere leaves the champion
+untouched and registers nothing half-way. The whole batch runs under the state directory's
+lock of the model name (`state.model_lock`): the same batch started twice registers once.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from prefect import flow  # noqa: E402
 
 from tasks import run_logger  # noqa: E402
 
-from odedit.config import EditConfig  # noqa: E402
+from odedit.config import LIFECYCLE_METHOD, EditConfig  # noqa: E402
 from odedit.lifecycle import batch, gate  # noqa: E402
 from odedit.registry import T, code_revision  # noqa: E402
 from odedit.lifecycle.models import resolve_base  # noqa: E402
@@ -53,11 +56,21 @@ def _edit_metrics(records: list[dict]) -> dict:
     return out
 
 
+def _final_metrics(out: batch.BatchOutcome) -> dict:
+    m = {f"final/{k}": v for k, v in (out.final.get("metrics") or {}).items()}
+    for r in out.records:
+        rid = "".join(c if c.isalnum() or c in "-_." else "_" for c in r["request_id"])
+        for k, v in (r.get("final") or {}).items():
+            if isinstance(v, (int, float)):
+                m[f"final/edit/{rid}/{k}"] = v
+    return m
+
+
 @flow(name="edit-batch", log_prints=True)
 def edit_batch(
     source: str,
     name: str = state.DEFAULT_MODEL_NAME,
-    method: str = "odedit-ft-l",
+    method: str = LIFECYCLE_METHOD,
     gate_config: str | None = None,
     deployment: str | None = None,
     model: str | None = None,
@@ -67,22 +80,30 @@ def edit_batch(
     fault: dict[str, str] | None = None,  # test/debug hook: {request_id: "nan"}
 ) -> dict:
     """Validate, edit, gate and register one batch of edit requests (a JSONL/Parquet/JSON file)."""
+    with state.model_lock(name):
+        return _edit_batch(source, name, method, gate_config, deployment, model, seed, steps, tracking_uri, fault)
+
+
+def _edit_batch(source, name, method, gate_config, deployment, model, seed, steps, tracking_uri, fault) -> dict:
     log = run_logger()
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     work = state.work_dir() / f"{Path(source).stem}-{stamp}"
     work.mkdir(parents=True, exist_ok=True)
     champion = tr.ensure_model(name, model, tracking_uri, str(work))
 
+    parent = champion["build_on"]
+    champ_delta, champ_ledger, probes, probe_dir = tr.fetch_champion(name, parent, tracking_uri, str(work))
+
     validated = tb.validate_requests(source, str(work / "validation"))
     hashes = batch.request_hashes(validated.accepted)
-    done = tr.registered_hashes(name, tracking_uri)
+    done = tr.registered_hashes(champ_ledger)
     skipped = [r.id for r in validated.accepted if hashes[r.id] in done]
     pending = [r for r in validated.accepted if hashes[r.id] not in done]
     result = {"source": source, "name": name, "accepted": len(validated.accepted), "rejected": validated.rejected,
               "skipped": skipped, "pending": [], "run_id": None, "version": None, "gate": None,
-              "champion": champion["version"], "work_dir": str(work)}
+              "champion": champion["version"], "parent_version": parent, "work_dir": str(work)}
     if skipped:
-        log.info("%d request(s) already registered, skipped: %s", len(skipped), ", ".join(skipped))
+        log.info("%d request(s) already hold in version %s, skipped: %s", len(skipped), parent, ", ".join(skipped))
     if not pending:
         result["status"] = "nothing-to-do"
         return result
@@ -93,23 +114,24 @@ def edit_batch(
     gate_cfg = gate.load_gate_config(gate_config, deployment)
     base_path = resolve_base(champion["base_ref"])
     params = {**cfg.flat(), "seeds": f"edit={cfg.seed}", "base_model": champion["base_ref"],
-              "base_version": champion["version"], "model_name": name, "code_revision": code_revision(),
+              "base_version": parent, "champion_version": champion["version"], "model_name": name, "code_revision": code_revision(),
               "request_hashes": ",".join(hashes[r.id] for r in pending), "n_requests": len(pending),
               "deployment": deployment or "", "gate_config": str(gate_config or gate.DEFAULT_CONFIG)}
     run_id = tr.start_run(name, validated.batch_id, params,
-                          {T + "parent_version": champion["version"],
+                          {T + "parent_version": parent,
                            T + "request_ids": batch.json_list([r.id for r in pending])}, tracking_uri)
     result["run_id"] = run_id
     try:
         envs = tb.build_environments(pending, validated.image_root, cfg, base_path)
-        champ_delta, probes, probe_dir = tr.fetch_champion(name, champion["version"], tracking_uri, str(work))
-        edits = tb.optimise(champion["base_ref"], champ_delta, pending, validated.image_root, cfg, probes,
-                            probe_dir, str(work / "edits"), fault)
-        ok_ids = [r["request_id"] for r in edits.records if r["status"] == "ok"]
+        edits = tb.edit_and_gate(champion["base_ref"], champ_delta, champ_ledger, pending, validated.image_root,
+                                 cfg, probes, probe_dir, gate_cfg, str(work / "edits"), fault,
+                                 validated.batch_id, run_id, parent, hashes)
+        verdict = edits.verdict
+        ok_ids = edits.ok_ids
         result["pending"] = [r["request_id"] for r in edits.records if r["status"] != "ok"]
         subjects = sorted({r.subject for r in pending if r.id in ok_ids and r.subject})
-        verdict = tb.gate_batch(edits, probes, gate_cfg, subjects)
         result["gate"] = verdict.to_dict()
+        result["final"] = edits.final.get("metrics")
 
         art = work / "artifacts"
         art.mkdir(parents=True, exist_ok=True)
@@ -119,8 +141,9 @@ def edit_batch(
             (art / "validation" / f.name).write_bytes(f.read_bytes())
         batch.write_json(art / "environment_sets.json", envs)
         batch.write_json(art / "gate_report.json", verdict.to_dict())
+        batch.write_json(art / "final_scores.json", edits.final)
         batch.write_json(art / "edits.json", {
-            "batch_id": validated.batch_id, "model_name": name, "parent_version": champion["version"],
+            "batch_id": validated.batch_id, "model_name": name, "parent_version": parent,
             "config": cfg.to_dict(), "summary": edits.summary, "timings": edits.timings,
             "records": edits.records, "requests": batch.audit_rows(pending),
             "gate": {"passed": verdict.passed, "reasons": verdict.reasons}})
@@ -133,16 +156,17 @@ def edit_batch(
         metrics |= {"batch/edits_ok": len(ok_ids), "batch/edits_failed": len(result["pending"]),
                     "batch/seconds_edit": edits.timings["edit_s"]}
         metrics |= _edit_metrics(edits.records)
+        metrics |= _final_metrics(edits)
         tr.log_results(run_id, metrics, str(art), {T + "gate": "passed" if verdict.passed else "failed"}, tracking_uri)
 
         if verdict.passed and edits.delta_dir:
-            tags = {T + "kind": "edit-batch", T + "parent_version": champion["version"], T + "run_id": run_id,
+            tags = {T + "kind": "edit-batch", T + "parent_version": parent, T + "run_id": run_id,
                     T + "batch_id": validated.batch_id, T + "gate": "passed", T + "method": cfg.method,
                     T + "request_hashes": batch.json_list([hashes[i] for i in ok_ids]),
                     T + "request_ids": batch.json_list(ok_ids), T + "subjects": batch.json_list(subjects),
                     T + "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
             version = tr.register_candidate(run_id, name, champion["base_ref"], edits.delta_dir, tags,
-                                            [], tracking_uri)
+                                            [], tracking_uri, ledger_dir=edits.ledger_dir)
             result.update(version=version, status="registered")
         else:
             result["status"] = "gate-failed" if not verdict.passed else "no-successful-edit"
@@ -166,7 +190,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="Run one edit batch (ephemeral Prefect API).")
     ap.add_argument("source")
     ap.add_argument("--name", default=state.DEFAULT_MODEL_NAME)
-    ap.add_argument("--method", default="odedit-ft-l")
+    ap.add_argument("--method", default=LIFECYCLE_METHOD)
     ap.add_argument("--gate-config")
     ap.add_argument("--deployment")
     ap.add_argument("--model")

@@ -20,11 +20,12 @@ from prefect import flow  # noqa: E402
 from tasks import run_logger  # noqa: E402
 
 from flows.edit_batch import edit_batch  # noqa: E402
+from odedit.config import LIFECYCLE_METHOD  # noqa: E402
 from odedit.lifecycle import inbox  # noqa: E402
 
 
 @flow(name="inbox-drain")
-def inbox_drain(inbox_dir: str | None = None, name: str = state.DEFAULT_MODEL_NAME, method: str = "odedit-ft-l",
+def inbox_drain(inbox_dir: str | None = None, name: str = state.DEFAULT_MODEL_NAME, method: str = LIFECYCLE_METHOD,
                 gate_config: str | None = None, deployment: str | None = "knowledge-update",
                 model: str | None = None, steps: int | None = None, tracking_uri: str | None = None,
                 settle_s: float | None = None, max_bytes: int | None = None) -> list[dict]:

@@ -25,7 +25,13 @@ from tasks import lifecycle as tl  # noqa: E402
 @flow(name="promote")
 def promote(name: str = state.DEFAULT_MODEL_NAME, version: str | None = None, gate_config: str | None = None,
             deployment: str | None = None, tracking_uri: str | None = None) -> dict:
-    """Make a gated version (default: the candidate) the champion, if it passes the re-check."""
+    """Make a gated version (default: the candidate) the champion, if it descends from the
+    current champion and passes the re-check."""
+    with state.model_lock(name):
+        return _promote(name, version, gate_config, deployment, tracking_uri)
+
+
+def _promote(name, version, gate_config, deployment, tracking_uri) -> dict:
     info = tl.resolve_candidate(name, version, tracking_uri)
     if info["version"] == info["champion"]:
         return {"name": name, "champion": info["champion"], "status": "already-champion"}

@@ -14,6 +14,7 @@ from typing import Literal
 METHODS = ("ft-l", "lora", "odedit-ft-l", "odedit-lora", "ft-l-lifelong", "odedit-ft-l-lifelong")
 # `*-lifelong` methods: the same editor with the lifelong-editing options (PRODUCT, not the
 # paper's; see README "Lifelong editing"). They replace the fields a config leaves at their defaults.
+LIFECYCLE_METHOD = "odedit-ft-l-lifelong"  # the default of run-batch, the edit-batch flow and the inbox
 LIFELONG_PRESET = {"replay": 8, "null_space": True, "optimizer": "sgd", "lr": 5.0}  # TUNED (bench --lifelong)
 
 

@@ -45,22 +45,78 @@ class RegistryError(RuntimeError):
     pass
 
 
+class RegistryUnavailable(RegistryError):
+    """The registry could not be read or written (server error, connection refused, timeout):
+    NOT the same as "absent". Callers must change nothing when they see it."""
+
+    def __init__(self, uri: str, cause: str = ""):
+        self.uri, self.cause = str(uri), str(cause)
+        super().__init__(f"registry unreachable at {self.uri}: {self.cause}")
+
+    def __reduce__(self):  # picklable (Prefect may persist task exceptions)
+        return (RegistryUnavailable, (self.uri, self.cause))
+
+
+def _is_absent(exc: BaseException) -> bool:
+    """A definite "does not exist" answer from the registry (vs. any failure to read)."""
+    if not isinstance(exc, MlflowException):
+        return False
+    code = getattr(exc, "error_code", None)
+    if code == "RESOURCE_DOES_NOT_EXIST":
+        return True
+    # a missing alias is reported as INVALID_PARAMETER_VALUE "... alias X not found"
+    return code == "INVALID_PARAMETER_VALUE" and "alias" in str(exc) and "not found" in str(exc)
+
+
+def _unavailable(client, exc: BaseException) -> RegistryUnavailable:
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return RegistryUnavailable(getattr(client, "tracking_uri", "?"), f"{type(exc).__name__}: {msg[:300]}")
+
+
+def probe(client: MlflowClient) -> None:
+    """One cheap read; raises RegistryUnavailable when the registry cannot be reached."""
+    try:
+        client.search_registered_models(max_results=1)
+    except Exception as exc:
+        raise _unavailable(client, exc) from exc
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 # ----------------------------------------------------------------------------- connection
+_INITIALISED: set[str] = set()
+
+
 def connect(tracking_uri: str | None = None) -> MlflowClient:
-    """Point mlflow at `tracking_uri` (default: MLFLOW_TRACKING_URI or the state dir's SQLite)."""
+    """Point mlflow at `tracking_uri` (default: MLFLOW_TRACKING_URI or the state dir's SQLite).
+    The first use of a SQLite store in a process runs under the state directory's store lock,
+    so two processes starting on an empty state dir do not run MLflow's migrations at once."""
     uri = tracking_uri or state.tracking_uri()
+    if uri.startswith("sqlite:") and uri not in _INITIALISED:
+        with state.store_lock():
+            client = _connect(uri)
+            client.search_experiments(max_results=1)  # creates / migrates the database
+            client.search_registered_models(max_results=1)
+        _INITIALISED.add(uri)
+        return client
+    return _connect(uri)
+
+
+def _set_uris(tracking: str, registry: str | None = None) -> None:
     before = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    mlflow.set_tracking_uri(tracking)
+    mlflow.set_registry_uri(registry or tracking)
     for k, v in before.items():  # mlflow exports the URI to the environment; the caller's choice stands
         if v is None:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+def _connect(uri: str) -> MlflowClient:
+    _set_uris(uri)
     return MlflowClient(uri, uri)
 
 
@@ -110,19 +166,25 @@ def _norm(v):
 
 
 def model_exists(client: MlflowClient, name: str) -> bool:
+    """Whether `name` is registered; RegistryUnavailable when the registry cannot say."""
     try:
         client.get_registered_model(name)
         return True
-    except MlflowException:
-        return False
+    except Exception as exc:
+        if _is_absent(exc):
+            return False
+        raise _unavailable(client, exc) from exc
 
 
 def alias_version(client: MlflowClient, name: str, alias: str):
-    """The ModelVersion an alias points at, or None."""
+    """The ModelVersion an alias points at, or None when the alias (or model) does not exist;
+    RegistryUnavailable when the registry could not be read (never read as "absent")."""
     try:
         return _norm(client.get_model_version_by_alias(name, alias))
-    except MlflowException:
-        return None
+    except Exception as exc:
+        if _is_absent(exc):
+            return None
+        raise _unavailable(client, exc) from exc
 
 
 def aliases(client: MlflowClient, name: str) -> dict[str, str]:
@@ -132,8 +194,10 @@ def aliases(client: MlflowClient, name: str) -> dict[str, str]:
 def get_version(client: MlflowClient, name: str, version: str | int):
     try:
         return _norm(client.get_model_version(name, str(version)))
-    except MlflowException as exc:
-        raise RegistryError(f"{name} has no version {version}") from exc
+    except Exception as exc:
+        if _is_absent(exc):
+            raise RegistryError(f"{name} has no version {version}") from exc
+        raise _unavailable(client, exc) from exc
 
 
 def all_versions(client: MlflowClient, name: str) -> list:
@@ -164,6 +228,26 @@ def lineage(client: MlflowClient, name: str, version: str | int) -> list:
     return chain
 
 
+def descends(client: MlflowClient, name: str, version: str | int, ancestor: str | int) -> bool:
+    """Whether `ancestor` is `version` or one of its ancestors (parent tags)."""
+    return str(ancestor) in {v.version for v in lineage(client, name, version)}
+
+
+def build_target(client: MlflowClient, name: str):
+    """The version a new batch builds on: the NEWEST gated version of the champion's lineage,
+    i.e. the `candidate` when it passed its gate and descends from the champion, else the
+    champion. (Two batches without a promote in between thus chain: the second candidate
+    holds both batches' edits.)"""
+    champ = alias_version(client, name, CHAMPION)
+    cand = alias_version(client, name, CANDIDATE)
+    if champ is None:
+        return None
+    if cand is not None and cand.version != champ.version and cand.tags.get(T + "gate") == "passed" \
+            and descends(client, name, cand.version, champ.version):
+        return cand
+    return champ
+
+
 def base_ref(client: MlflowClient, name: str) -> str:
     return client.get_registered_model(name).tags[T + "base_ref"]
 
@@ -173,9 +257,35 @@ def download_delta(client: MlflowClient, name: str, version: str | int, dst: str
     get_version(client, name, version)
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
-    path = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dst),
-                                               tracking_uri=client.tracking_uri)
+    # `models:/` URIs resolve through mlflow's GLOBAL registry URI: point it at this client's
+    # registry for the call (a bare MlflowClient on a server must not read the local store)
+    prev = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    _set_uris(client.tracking_uri, client._registry_uri)
+    try:
+        path = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(dst),
+                                                   tracking_uri=client.tracking_uri)
+    finally:
+        _set_uris(*prev)
     return Path(path) / "artifacts" / "delta"
+
+
+def download_version(client: MlflowClient, name: str, version: str | int, dst: str | Path) -> tuple[Path, Path]:
+    """(delta dir, ledger dir) of a version, downloaded under `dst`. A version registered
+    before ledgers existed gets an empty ledger directory."""
+    from odedit.lifecycle.ledger import empty_ledger
+
+    delta = download_delta(client, name, version, dst)
+    ledger = delta.parent / "ledger"
+    if not (ledger / "ledger.jsonl").is_file():
+        empty_ledger(ledger)
+    return delta, ledger
+
+
+def download_ledger(client: MlflowClient, name: str, version: str | int, dst: str | Path):
+    """The `Ledger` of a version (odedit.lifecycle.ledger), downloaded under `dst`."""
+    from odedit.lifecycle.ledger import load_ledger
+
+    return load_ledger(download_version(client, name, version, dst)[1])
 
 
 def download_probes(client: MlflowClient, name: str, dst: str | Path):
@@ -242,17 +352,21 @@ def _set_champion(client: MlflowClient, name: str, version: str, action: str, no
 
 
 def log_version(client: MlflowClient, run_id: str, name: str, base: str, delta_dir: Path, tags: dict,
-                chain: list[str]) -> str:
-    """Log the pyfunc (base reference + composed delta) to `run_id` and register it as a new
-    version of `name` with all its tags in one call. Returns the version number."""
+                chain: list[str], ledger_dir: Path | None = None) -> str:
+    """Log the pyfunc (base reference + composed delta + edit ledger) to `run_id` and register
+    it as a new version of `name` with all its tags in one call. Returns the version number."""
+    from odedit.lifecycle.ledger import empty_ledger
+
     with tempfile.TemporaryDirectory() as tmp:
+        if ledger_dir is None:
+            ledger_dir = empty_ledger(Path(tmp) / "ledger")
         lin = Path(tmp) / "lineage.json"
         lin.write_text(json.dumps({"base_ref": base, "model": name, "chain": chain,
                                    "parent_version": tags.get(T + "parent_version")}, indent=2))
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=str(MODEL_CODE),
-                artifacts={"delta": str(delta_dir), "lineage": str(lin)},
+                artifacts={"delta": str(delta_dir), "lineage": str(lin), "ledger": str(ledger_dir)},
                 pip_requirements=PIP, signature=SIGNATURE,
             )
     mv = mlflow.register_model(info.model_uri, name, tags={k: str(v) for k, v in tags.items()})
@@ -360,12 +474,14 @@ def set_candidate(client: MlflowClient, name: str, version: str) -> None:
 
 def repair_candidate(client: MlflowClient, name: str) -> str | None:
     """A complete, gated version newer than both aliases whose alias step was interrupted
-    becomes the candidate. Returns its version, or None when nothing needed repair."""
+    becomes the candidate. Returns its version, or None when nothing needed repair. A version
+    that was ever champion is not "interrupted" (it was promoted, then rolled back from)."""
     champ = alias_version(client, name, CHAMPION)
     cand = alias_version(client, name, CANDIDATE)
     floor = max(int(champ.version) if champ else 0, int(cand.version) if cand else 0)
+    was_champion = {str(h.get(k)) for h in champion_history(client, name) for k in ("version", "from") if h.get(k)}
     newest = [v for v in all_versions(client, name)
-              if int(v.version) > floor and v.tags.get(T + "gate") == "passed"]
+              if int(v.version) > floor and v.tags.get(T + "gate") == "passed" and v.version not in was_champion]
     if not newest:
         return None
     set_candidate(client, name, newest[-1].version)
@@ -373,17 +489,27 @@ def repair_candidate(client: MlflowClient, name: str) -> str | None:
 
 
 def move_champion(client: MlflowClient, name: str, version: str, action: str, note: str = "") -> None:
-    """Point `champion` at `version` (promote / rollback); candidate is cleared when promoted."""
+    """Point `champion` at `version` (promote / rollback); candidate is cleared when promoted,
+    and by a rollback when it carries the edits rolled back (it descends from the version rolled
+    back from, which is not an ancestor of the restored one): no later batch builds on them."""
+    prev = alias_version(client, name, CHAMPION)
     _set_champion(client, name, str(version), action, note)
     cand = alias_version(client, name, CANDIDATE)
-    if action == "promote" and cand is not None and cand.version == str(version):
+    if cand is None:
+        return
+    if action == "promote" and cand.version == str(version):
+        client.delete_registered_model_alias(name, CANDIDATE)
+    elif action == "rollback" and prev is not None and prev.version != str(version) \
+            and descends(client, name, cand.version, prev.version) and not descends(client, name, version, prev.version):
         client.delete_registered_model_alias(name, CANDIDATE)
 
 
 # ----------------------------------------------------------------------------- audit
 def history(client: MlflowClient, name: str, version: str | None = None) -> list[dict]:
-    """Every edit in the lineage of `version` (default: the champion), oldest first."""
-    from odedit.lifecycle.history import rows_from_run
+    """Every edit in the lineage of `version` (default: the champion), oldest first, with its
+    status ON that version (holds / lost / superseded, from the version's ledger) and its
+    final-model scores (measured when its batch was gated)."""
+    from odedit.lifecycle.history import annotate, rows_from_run
 
     v = get_version(client, name, version) if version else alias_version(client, name, CHAMPION)
     if v is None:
@@ -396,16 +522,32 @@ def history(client: MlflowClient, name: str, version: str | None = None) -> list
         edits = run_json(client, run_id, "edits.json") or {}
         only = set(json.loads(mv.tags.get(T + "request_ids", "[]")))
         rows += rows_from_run(edits, {"version": mv.version, "created_at": mv.tags.get(T + "created_at")}, run_id, only)
-    return rows
+    with tempfile.TemporaryDirectory() as tmp:
+        ledger = download_ledger(client, name, v.version, tmp)
+    return annotate(rows, ledger, v.version)
 
 
 def show(client: MlflowClient, request_id: str) -> list[dict]:
     """Everything recorded about one request id, newest batch first: the record, the
     request's audit fields, its gate report and the version it entered (if any)."""
+    from odedit.lifecycle.history import annotate
+
     out = []
+    statuses: dict[str, dict] = {}  # model name -> {request hash -> status on its champion}
     for run in runs_mentioning(client, request_id):
         edits = run_json(client, run.info.run_id, "edits.json") or {}
         rec = next((r for r in edits.get("records", []) if r["request_id"] == request_id), None)
+        model = run.data.tags.get(T + "model_name")
+        if model and model not in statuses:
+            champ = alias_version(client, model, CHAMPION)
+            statuses[model] = {}
+            if champ is not None:
+                with tempfile.TemporaryDirectory() as tmp:
+                    led = download_ledger(client, model, champ.version, tmp)
+                statuses[model] = {e.request_hash: {"status": e.status, "version": e.version or champ.version,
+                                                    "champion": champ.version, "scores": e.scores}
+                                   for e in led.entries}
+        on_champion = (statuses.get(model) or {}).get((rec or {}).get("request_hash"))
         out.append({"request_id": request_id, "run_id": run.info.run_id, "run_status": run.info.status,
                     "batch_status": run.data.tags.get(T + "status"),
                     "model_name": run.data.tags.get(T + "model_name"),
@@ -413,6 +555,7 @@ def show(client: MlflowClient, request_id: str) -> list[dict]:
                     "parent_version": run.data.tags.get(T + "parent_version"),
                     "started_at": datetime.fromtimestamp(run.info.start_time / 1000, timezone.utc).isoformat(),
                     "request": (edits.get("requests") or {}).get(request_id), "record": rec,
+                    "on_champion": on_champion,
                     "gate": run_json(client, run.info.run_id, "gate_report.json"),
                     "params": {k: v for k, v in run.data.params.items() if not k.startswith(("base.", "odedit."))}})
     return out

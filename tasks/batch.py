@@ -25,9 +25,12 @@ def build_environments(requests, image_root: str, cfg, base_path: str) -> dict:
                                     store=envsets_dir())
 
 
-@task(name="optimise-edits", retries=0, cache_policy=NO_CACHE)  # no retry: a diverged edit diverges again
-def optimise(base_model: str, champion_delta: str, requests, image_root: str, cfg, probes, probe_dir,
-             out_dir: str, fault: dict | None = None) -> batch.BatchEdits:
+@task(name="edit-and-gate", retries=0, cache_policy=NO_CACHE)  # no retry: a diverged edit diverges again
+def edit_and_gate(base_ref: str, champion_delta: str, champion_ledger: str, requests, image_root: str, cfg, probes,
+                  probe_dir, gate_cfg: gate.GateConfig, out_dir: str, fault: dict | None = None,
+                  batch_id: str | None = None, run_id: str | None = None, parent_version: str | None = None,
+                  hashes: dict | None = None) -> batch.BatchOutcome:
+    """Edit the build target, score the FINAL candidate, gate it (odedit.lifecycle.batch.edit_and_gate)."""
     log = run_logger()
     n = len(requests)
     count = {"i": 0}
@@ -36,14 +39,10 @@ def optimise(base_model: str, champion_delta: str, requests, image_root: str, cf
         count["i"] += 1
         log.info("edit %d/%d %s: %s (%.1fs)", count["i"], n, rec.request_id, rec.status, rec.seconds)
 
-    return batch.edit_champion(base_model, champion_delta, requests, image_root, cfg, probes, probe_dir,
-                               out_dir, fault=fault, on_record=progress)
-
-
-@task(name="gate", cache_policy=NO_CACHE)
-def gate_batch(edits: batch.BatchEdits, probes, cfg: gate.GateConfig, subjects: list[str]) -> gate.GateVerdict:
-    regression = gate.regression_check(probes, edits.champion_answers, edits.candidate_answers, subjects)
-    verdict = gate.evaluate_gate(edits.records, cfg, regression)
-    run_logger().info("gate %s%s", "PASSED" if verdict.passed else "FAILED",
-                          "" if verdict.passed else ": " + "; ".join(verdict.reasons))
-    return verdict
+    out = batch.edit_and_gate(base_ref, champion_delta, champion_ledger, requests, image_root, cfg, probes, probe_dir,
+                              gate_cfg, out_dir, fault=fault, on_record=progress, batch_id=batch_id, run_id=run_id,
+                              parent_version=parent_version, hashes=hashes)
+    v = out.verdict
+    log.info("gate on the final model %s%s", "PASSED" if v.passed else "FAILED",
+             "" if v.passed else ": " + "; ".join(v.reasons))
+    return out

@@ -28,6 +28,14 @@ def resolve_candidate(name: str, version: str | None, tracking_uri: str | None) 
     if v.tags.get(registry.T + "gate") != "passed":
         raise PromotionRefused(f"{name} version {v.version} did not pass its gate (gate={v.tags.get(registry.T + 'gate')})")
     champ = registry.alias_version(client, name, registry.CHAMPION)
+    if champ is None:
+        raise PromotionRefused(f"{name} has no champion")
+    if v.version != champ.version and not registry.descends(client, name, v.version, champ.version):
+        chain = " -> ".join(x.version for x in reversed(registry.lineage(client, name, v.version)))
+        raise PromotionRefused(
+            f"{name} version {v.version} does not descend from the champion (version {champ.version}); its "
+            f"lineage is {chain}. Promoting it would drop the champion's edits: re-submit its requests as a "
+            f"batch on the champion instead")
     champ_chain = {x.version for x in registry.lineage(client, name, champ.version)}
     new = [x for x in registry.lineage(client, name, v.version) if x.version not in champ_chain]
     subjects = sorted({s for x in new for s in json.loads(x.tags.get(registry.T + "subjects", "[]"))})
@@ -36,7 +44,10 @@ def resolve_candidate(name: str, version: str | None, tracking_uri: str | None) 
         run = registry.run_json(client, x.tags[registry.T + "run_id"], "edits.json") or {}
         ok = set(json.loads(x.tags.get(registry.T + "request_ids", "[]")))
         records += [r for r in run.get("records", []) if r["request_id"] in ok]
+    final = registry.run_json(client, v.tags[registry.T + "run_id"], "final_scores.json") or {}
     return {"version": v.version, "champion": champ.version, "subjects": subjects, "records": records,
+            "final_metrics": {k: final.get("metrics", {}).get(k) for k in ("batch_retention", "prior_retention")
+                              if k in final.get("metrics", {})},
             "deployment": None}
 
 
@@ -44,10 +55,14 @@ def resolve_candidate(name: str, version: str | None, tracking_uri: str | None) 
 def recheck_gate(name: str, info: dict, gate_cfg: gate.GateConfig, tracking_uri: str | None, work: str) -> gate.GateVerdict:
     client = registry.connect(tracking_uri)
     base = registry.base_ref(client, name)
+    from odedit.lifecycle.ledger import live_targets, load_ledger
+
     champ = registry.download_delta(client, name, info["champion"], Path(work) / "champion")
-    cand = registry.download_delta(client, name, info["version"], Path(work) / "candidate")
+    cand, cand_ledger = registry.download_version(client, name, info["version"], Path(work) / "candidate")
     probes, pdir = registry.download_probes(client, name, Path(work) / "probes")
-    verdict = promotion.recheck(base, champ, cand, probes, pdir, info["subjects"], info["records"], gate_cfg)
+    intended = live_targets(load_ledger(cand_ledger).entries)
+    verdict = promotion.recheck(base, champ, cand, probes, pdir, intended, info["records"], gate_cfg,
+                                info.get("final_metrics"))
     run_logger().info("re-check of version %s against champion %s: %s %s", info["version"], info["champion"],
                           "PASSED" if verdict.passed else "FAILED", "; ".join(verdict.reasons))
     return verdict
@@ -60,16 +75,46 @@ def move_champion(name: str, version: str, action: str, note: str, tracking_uri:
     return version
 
 
+def previous_champion(hist: list[dict], current: str) -> str | None:
+    """The champion before `current` in the champion history, walking back past every version
+    that was itself rolled back from (so repeated rollbacks go further back instead of
+    toggling between two versions)."""
+    rolled_back_from = {str(h.get("from")) for h in hist if h.get("action") == "rollback" and h.get("from")}
+    for h in reversed(hist):
+        v = str(h["version"])
+        if v != str(current) and v not in rolled_back_from:
+            return v
+    return None
+
+
+def rollback_allowed(version) -> str | None:
+    """None when `version` may become champion by rollback (its gate passed, or it is the
+    base), else the reason it may not."""
+    kind, gate_tag = version.tags.get(registry.T + "kind"), version.tags.get(registry.T + "gate")
+    if kind == "base" or gate_tag == "passed":
+        return None
+    return f"version {version.version} did not pass its gate (gate={gate_tag or 'none'}, kind={kind or 'none'})"
+
+
 @task(name="resolve-rollback", retries=RETRIES, retry_delay_seconds=DELAY, cache_policy=NO_CACHE)
-def resolve_rollback(name: str, to: str | None, tracking_uri: str | None) -> dict:
+def resolve_rollback(name: str, to: str | None, tracking_uri: str | None, force: bool = False,
+                     note: str = "") -> dict:
+    """Where `champion` goes back to: version `to`, or the previous champion. Only versions
+    whose gate passed (or the base) unless `force` with a `note` (recorded in the history)."""
     client = registry.connect(tracking_uri)
     champ = registry.alias_version(client, name, registry.CHAMPION)
+    if champ is None:
+        raise PromotionRefused(f"{name} has no champion")
     if to:
-        target = registry.get_version(client, name, to).version
+        target = registry.get_version(client, name, to)
     else:
-        hist = registry.champion_history(client, name)
-        prev = [h["version"] for h in hist if h["version"] != champ.version]
-        if not prev:
+        prev = previous_champion(registry.champion_history(client, name), champ.version)
+        if prev is None:
             raise PromotionRefused(f"{name}: no previous champion to roll back to")
-        target = prev[-1]
-    return {"from": champ.version, "to": target}
+        target = registry.get_version(client, name, prev)
+    why = rollback_allowed(target)
+    if why and not force:
+        raise PromotionRefused(f"rollback of {name} to {why}; use --force with --note to do it anyway")
+    if why and not note.strip():
+        raise PromotionRefused(f"rollback of {name} to {why}: --force needs a --note saying why")
+    return {"from": champ.version, "to": target.version, "forced": bool(why)}

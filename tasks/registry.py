@@ -12,7 +12,10 @@ from tasks import run_logger
 
 from odedit import registry
 
-RETRIES = int(os.environ.get("ODEDIT_REGISTRY_RETRIES", "2"))
+# Bounded time: one registry call gives up after MLflow's own HTTP retries (state.
+# REGISTRY_HTTP_DEFAULTS: about 3 x 5 s + 3 s at worst, usually a few seconds); a task retries
+# it once more, so an unreachable registry fails a command in well under 60 s.
+RETRIES = int(os.environ.get("ODEDIT_REGISTRY_RETRIES", "1"))
 DELAY = float(os.environ.get("ODEDIT_REGISTRY_RETRY_DELAY", "1"))
 
 
@@ -22,12 +25,18 @@ def _task(name):
 
 @_task("ensure-registered-model")
 def ensure_model(name: str, model: str | None, tracking_uri: str | None, work: str) -> dict:
-    """The champion of `name`; bootstraps version 1 (the base model) when `name` is new."""
+    """The champion of `name` and the version a batch builds on (`registry.build_target`);
+    bootstraps version 1 (the base model) only when `name` is definitely not registered. A
+    registry that cannot be read raises RegistryUnavailable: nothing is bootstrapped or moved."""
     from odedit.lifecycle.batch import default_probes
     from odedit.lifecycle.models import resolve_base
 
     client = registry.connect(tracking_uri)
+    exists = registry.model_exists(client, name)  # raises RegistryUnavailable, never "absent" on error
     champ = registry.alias_version(client, name, registry.CHAMPION)
+    if champ is None and exists:
+        raise registry.RegistryError(f"{name} is registered but has no champion alias; nothing changed "
+                                     f"(set one with `odedit rollback {name} --to N --force --note ...`)")
     if champ is None:
         base = registry.base_ref_for(model)
         pdir = Path(work) / "init_probes"
@@ -37,21 +46,26 @@ def ensure_model(name: str, model: str | None, tracking_uri: str | None, work: s
         champ = registry.get_version(client, name, version)
     closed = registry.close_stale_runs(client, name)
     repaired = registry.repair_candidate(client, name)
-    return {"version": champ.version, "base_ref": registry.base_ref(client, name),
+    target = registry.build_target(client, name)
+    return {"version": champ.version, "build_on": target.version, "base_ref": registry.base_ref(client, name),
             "stale_runs_closed": closed, "repaired_candidate": repaired}
-
-
-@_task("registered-hashes")
-def registered_hashes(name: str, tracking_uri: str | None) -> dict:
-    return registry.registered_hashes(registry.connect(tracking_uri), name)
 
 
 @_task("fetch-champion")
 def fetch_champion(name: str, version: str, tracking_uri: str | None, work: str):
+    """(delta dir, ledger dir, probes, probe dir) of the version a batch builds on."""
     client = registry.connect(tracking_uri)
-    delta = registry.download_delta(client, name, version, Path(work) / "champion")
+    delta, ledger = registry.download_version(client, name, version, Path(work) / "champion")
     probes, probe_dir = registry.download_probes(client, name, Path(work) / "probes")
-    return str(delta), probes, (str(probe_dir) if probe_dir else None)
+    return str(delta), str(ledger), probes, (str(probe_dir) if probe_dir else None)
+
+
+def registered_hashes(ledger_dir: str) -> dict:
+    """request hash -> request id of the edits that HOLD in a version's ledger: only those are
+    skipped by a re-run (a lost or superseded edit submitted again is edited again)."""
+    from odedit.lifecycle.ledger import load_ledger
+
+    return load_ledger(ledger_dir).holding_hashes()
 
 
 @_task("start-mlflow-run")
@@ -69,7 +83,7 @@ def log_results(run_id: str, metrics: dict, artifacts_dir: str, tags: dict, trac
 
 @_task("register-candidate")
 def register_candidate(run_id: str, name: str, base_ref: str, delta_dir: str, tags: dict, chain: list,
-                       tracking_uri: str | None) -> str:
+                       tracking_uri: str | None, ledger_dir: str | None = None) -> str:
     client = registry.connect(tracking_uri)
     # a retry after a lost reply must not register twice: look for this run's version first
     for v in registry.all_versions(client, name):
@@ -77,7 +91,8 @@ def register_candidate(run_id: str, name: str, base_ref: str, delta_dir: str, ta
             version = v.version
             break
     else:
-        version = registry.log_version(client, run_id, name, base_ref, Path(delta_dir), tags, chain)
+        version = registry.log_version(client, run_id, name, base_ref, Path(delta_dir), tags, chain,
+                                       Path(ledger_dir) if ledger_dir else None)
     registry.set_candidate(client, name, version)
     run_logger().info("registered %s version %s as candidate", name, version)
     return version

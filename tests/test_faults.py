@@ -29,6 +29,7 @@ def _registry():
 def test_nan_edit_is_left_pending_and_rerun_completes(harness, tiny_model, state):
     from flows.edit_batch import edit_batch
 
+    FAST = dict(method="ft-l", steps=25, deployment="demo")  # enough steps that the ok edit HOLDS (is skipped)
     src = fixtures.demo_batch(state / "req" / "b.jsonl", 2)
     res = edit_batch.fn(str(src), name="n", model=tiny_model, fault={"edit-0-001": "nan"}, **FAST)
     assert res["status"] == "registered" and res["pending"] == ["edit-0-001"]
@@ -40,6 +41,10 @@ def test_nan_edit_is_left_pending_and_rerun_completes(harness, tiny_model, state
     assert len(registry.registered_hashes(c, "n")) == 2
     assert registry.alias_version(c, "n", "champion").version == "1"
     assert registry.alias_version(c, "n", "candidate").version == again["version"] == "3"
+    # the rerun built on the candidate (same lineage): version 3 serves both edits
+    assert registry.get_version(c, "n", "3").tags["odedit.parent_version"] == "2"
+    assert {e.request_id for e in registry.download_ledger(c, "n", "3", state / "l3").entries} == {
+        "edit-0-000", "edit-0-001"}
 
 
 def _dead_port() -> int:
@@ -59,8 +64,8 @@ def test_mlflow_down_at_registration(harness, tiny_model, state, monkeypatch):
     dead = f"http://127.0.0.1:{_dead_port()}"
     original = tr.register_candidate
 
-    def down(run_id, name, base_ref, delta_dir, tags, chain, tracking_uri):
-        return original.fn(run_id, name, base_ref, delta_dir, tags, chain, dead)
+    def down(run_id, name, base_ref, delta_dir, tags, chain, tracking_uri, **kw):
+        return original.fn(run_id, name, base_ref, delta_dir, tags, chain, dead, **kw)
 
     monkeypatch.setattr(tr, "register_candidate", down)
     src = fixtures.demo_batch(state / "req" / "b.jsonl", 2)

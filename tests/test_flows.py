@@ -35,6 +35,8 @@ def test_batch_promote_rollback_history(harness, tiny_model, state):
     run = c.get_run(res["run_id"])
     assert run.data.params["method"] == "ft-l" and run.data.params["base_version"] == "1"
     assert "batch/post.reliability" in run.data.metrics
+    assert {"final/batch_retention", "final/final.reliability", "final/regression.changed_fraction"} <= set(
+        run.data.metrics)  # the gate scored the final candidate
     arts = {a.path for a in c.list_artifacts(res["run_id"])}
     assert {"requests.jsonl", "gate_report.json", "environment_sets.json", "before_after.png", "edits.json",
             "validation", "model"} <= arts or {"requests.jsonl", "gate_report.json", "edits.json"} <= arts
@@ -63,16 +65,22 @@ def test_batch_promote_rollback_history(harness, tiny_model, state):
     rows = registry.history(c, "m")
     assert {r["request_id"] for r in rows} == {"edit-0-000", "edit-0-001"}
     assert all(r["requester"] and r["answer_before"] is not None and r["version"] == "2" for r in rows)
+    # each edit's status on the champion comes from the version's ledger, with final-model scores
+    assert all(r["champion_status"] in ("holds", "lost") and r["final.reliability"] is not None for r in rows)
+    ledger2 = registry.download_ledger(c, "m", "2", state / "l2")
+    assert {e.request_id for e in ledger2.entries} == {"edit-0-000", "edit-0-001"}
+    assert registry.download_ledger(c, "m", "1", state / "l1").entries == []  # the base: empty ledger
 
     r = rollback.fn("m")
     assert r["status"] == "rolled-back" and registry.alias_version(c, "m", "champion").version == "1"
     assert registry.history(c, "m") == []
     assert len(registry.all_versions(c, "m")) == 2  # versions are never created or removed by aliases
 
-    # rerun: both requests already registered -> nothing to do, no new version
+    # rerun after the rollback: the edits are no longer in the champion's lineage (its ledger is
+    # empty), so they are edited again on it, not skipped as "already registered"
     again = edit_batch.fn(str(src), name="m", model=tiny_model, **FAST)
-    assert again["status"] == "nothing-to-do" and set(again["skipped"]) == {"edit-0-000", "edit-0-001"}
-    assert len(registry.all_versions(c, "m")) == 2
+    assert again["status"] == "registered" and again["skipped"] == [] and again["version"] == "3"
+    assert registry.get_version(c, "m", "3").tags["odedit.parent_version"] == "1"
 
 
 def test_failed_gate_registers_nothing(harness, tiny_model, state, tmp_path):

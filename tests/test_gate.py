@@ -37,11 +37,34 @@ def test_failed_edits_are_left_out_not_gated():
     assert not evaluate_gate([rec("b", status="diverged")], GateConfig()).passed  # min_ok_edits
 
 
-def test_regression_ignores_edited_subjects():
-    probes = [Probe("p1", "q1", None, "yorp"), Probe("p2", "q2", None, "gax"), Probe("p3", "q3", None, "zib")]
-    champ = {"p1": "a", "p2": "b", "p3": "c"}
-    cand = {"p1": "CHANGED", "p2": "b", "p3": "CHANGED"}
-    r = regression_check(probes, champ, cand, ["yorp"])
-    assert r["checked"] == 2 and [c["probe"] for c in r["changed"]] == ["p3"]
+def test_regression_exempts_only_changes_to_a_live_edits_target():
+    probes = [Probe("p1", "q1", None, "yorp"), Probe("p2", "q2", None, "gax"), Probe("p3", "q3", None, "zib"),
+              Probe("p4", "q4", None, "yorp")]
+    champ = {"p1": "a", "p2": "b", "p3": "c", "p4": "d"}
+    # p1 now answers the live edit's target (intended); p4 is about the edited subject too, but
+    # its new answer is not an edit's target: it counts, as does p3 (another subject)
+    cand = {"p1": "Gorrin", "p2": "b", "p3": "CHANGED", "p4": "CHANGED"}
+    r = regression_check(probes, champ, cand, {"yorp": {"gorrin"}})
+    assert r["checked"] == 4 and [c["probe"] for c in r["changed"]] == ["p3", "p4"]
+    assert [c["probe"] for c in r["intended"]] == ["p1"] and r["changed_fraction"] == 0.5
     assert not evaluate_gate([rec("a")], GateConfig(max_regression_fraction=0.1), r).passed
     assert evaluate_gate([rec("a")], GateConfig(max_regression_fraction=0.5), r).passed
+
+
+def test_thresholds_apply_to_final_model_scores_and_retention():
+    cfg = GateConfig(per_edit={"reliability": 0.5}, min_batch_retention=0.95, min_prior_retention=0.95)
+    r = rec("a") | {"final": {"reliability": 0.0, "status": "lost"}}  # held right after its edit, lost at the end
+    v = evaluate_gate([r, rec("b")], cfg, None, {"batch_retention": 0.5, "prior_retention": None})
+    assert not v.passed
+    assert any("edit a" in x for x in v.reasons) and any("batch retention" in x and "a" in x for x in v.reasons)
+    v = evaluate_gate([rec("b")], cfg, None, {"batch_retention": 1.0, "prior_retention": 0.5})
+    assert not v.passed and any("earlier edits" in x for x in v.reasons)
+    assert evaluate_gate([rec("b")], cfg, None, {"batch_retention": 1.0, "prior_retention": None}).passed
+    with pytest.raises(ValueError):
+        GateConfig(min_batch_retention=1.5)
+
+
+def test_default_gate_has_retention_floors():
+    cfg = load_gate_config()
+    assert cfg.min_batch_retention == 0.95 and cfg.min_prior_retention == 0.95
+    assert cfg.max_regression_fraction == 0.05

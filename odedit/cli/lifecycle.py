@@ -14,7 +14,7 @@ from rich.markup import escape
 
 from odedit.cli import app
 from odedit.cli.render import console
-from odedit.config import METHODS
+from odedit.config import LIFECYCLE_METHOD, METHODS
 from odedit.lifecycle import state
 
 NAME_HELP = "Registered model name."
@@ -28,13 +28,34 @@ def _env(tracking_uri: Optional[str]) -> None:
     if tracking_uri:
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     state.configure_environment()
+    from odedit import registry
+
+    registry.probe(registry.connect())  # fail fast (bounded) before any flow starts: nothing changes
+
+
+def _unreachable(fn):
+    """A command whose registry cannot be read prints ONE line and exits 2 (no traceback):
+    `registry unreachable at URI: ...; nothing changed`."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from odedit.registry import RegistryUnavailable
+
+        try:
+            return fn(*args, **kwargs)
+        except RegistryUnavailable as exc:
+            print(f"registry unreachable at {exc.uri}: {exc.cause}; nothing changed")
+            raise typer.Exit(2)
+    return wrapper
 
 
 @app.command("run-batch")
+@_unreachable
 def run_batch(
     source: Path = typer.Argument(..., exists=True, help="A request file (JSONL/Parquet/JSON) or an inbox directory to drain."),
     name: str = typer.Option(state.DEFAULT_MODEL_NAME, "--name", help=NAME_HELP),
-    method: str = typer.Option("odedit-ft-l", "--method", help=f"One of: {', '.join(METHODS)}."),
+    method: str = typer.Option(LIFECYCLE_METHOD, "--method", help=f"One of: {', '.join(METHODS)}."),
     gate_config: Optional[Path] = typer.Option(None, "--gate-config", help="Gate thresholds (YAML/TOML/JSON; default configs/gate.yaml)."),
     deployment: Optional[str] = typer.Option(None, "--deployment", help="Section of the gate config to apply."),
     model: Optional[str] = typer.Option(None, "--model", help="Base model when NAME is new (default: the embedded model)."),
@@ -71,6 +92,7 @@ def run_batch(
 
 
 @app.command()
+@_unreachable
 def promote(
     name: str = typer.Argument(state.DEFAULT_MODEL_NAME, help=NAME_HELP),
     version: Optional[str] = typer.Option(None, "--version", help="Gated version to promote (default: the candidate)."),
@@ -94,18 +116,23 @@ def promote(
 
 
 @app.command()
+@_unreachable
 def rollback(
     name: str = typer.Argument(state.DEFAULT_MODEL_NAME, help=NAME_HELP),
-    to: Optional[str] = typer.Option(None, "--to", help="Version to restore (default: the previous champion)."),
+    to: Optional[str] = typer.Option(None, "--to", help="Version to restore (default: the previous champion, "
+                                                        "walking back past versions rolled back from)."),
+    force: bool = typer.Option(False, "--force", help="Allow a version whose gate did not pass (needs --note)."),
+    note: str = typer.Option("", "--note", help="Why (recorded in the champion history)."),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=URI_HELP),
 ):
-    """Move `champion` back to a named or the previous version (versions are never changed)."""
+    """Move `champion` back to a named or the previous version (versions are never changed).
+    Only to a version whose gate passed, or the base, unless --force --note."""
     _env(tracking_uri)
     from flows.rollback import rollback as flow
     from tasks.lifecycle import PromotionRefused
 
     try:
-        res = flow(name, to)
+        res = flow(name, to, force=force, note=note)
     except PromotionRefused as exc:
         console.print(f"[red]refused:[/] {escape(str(exc))}")
         raise typer.Exit(1)
@@ -113,6 +140,7 @@ def rollback(
 
 
 @app.command()
+@_unreachable
 def history(
     name: str = typer.Argument(state.DEFAULT_MODEL_NAME, help=NAME_HELP),
     fmt: str = typer.Option("table", "--format", help="table | csv | json | parquet."),
@@ -131,15 +159,15 @@ def history(
         from rich.table import Table
 
         t = Table(title=escape(f"{name}: {len(rows)} edit(s) in the champion's lineage"))
-        for c in ("version", "request_id", "requester", "ticket", "reason", "answer_before", "answer_after",
-                  "post.reliability", "post.t_locality", "gate", "run_id"):
-            t.add_column(c)
+        cols = ("version", "request_id", "requester", "ticket", "reason", "answer_before", "answer_after",
+                "champion_status", "champion.reliability", "final.reliability", "final.t_generality",
+                "final.t_locality", "gate", "run_id")
+        for c in cols:
+            t.add_column(c.replace("champion_status", "status on champion"))
         for r in rows:
             # every cell is data (ids, free-text reasons, answers): escaped, never rich markup
             t.add_row(*[escape("%.2f" % v if isinstance(v, float) else str(v if v is not None else "-"))
-                        for v in (r["version"], r["request_id"], r["requester"], r["ticket"], r["reason"],
-                                  r["answer_before"], r["answer_after"], r["post.reliability"],
-                                  r["post.t_locality"], r["gate"], (r["run_id"] or "")[:8])])
+                        for v in [r.get(c) if c != "run_id" else (r["run_id"] or "")[:8] for c in cols]])
         console.print(t)
         if out:
             export(rows, "csv", out)
@@ -150,6 +178,7 @@ def history(
 
 
 @app.command()
+@_unreachable
 def show(
     edit_id: str = typer.Argument(..., help="Request id of the edit."),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=URI_HELP),
@@ -166,6 +195,7 @@ def show(
 
 
 @registry_app.command("init")
+@_unreachable
 def registry_init(
     name: str = typer.Argument(state.DEFAULT_MODEL_NAME, help=NAME_HELP),
     model: Optional[str] = typer.Option(None, "--model", help="Base model (default: the embedded model)."),
@@ -181,7 +211,7 @@ def registry_init(
     from odedit.lifecycle.models import resolve_base
 
     client = registry.connect()
-    with tempfile.TemporaryDirectory() as tmp, console.status(f"registering {name} version 1"):
+    with state.model_lock(name), tempfile.TemporaryDirectory() as tmp, console.status(f"registering {name} version 1"):
         probes = default_probes(resolve_base(registry.base_ref_for(model)), tmp)
         v = registry.init_model(client, name, model, probes, Path(tmp))
     console.print(f"{name}: champion is version {v} ({len(probes)} regression probes)")

@@ -93,29 +93,30 @@ class BatchEdits:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def edit_champion(base_model: str, champion_delta: str | Path | None, requests: Sequence[EditRequest],
-                  image_root: str | Path, cfg: EditConfig, probes: Sequence[Probe], probe_dir: str | Path | None,
-                  out_dir: str | Path, fault: dict[str, str] | None = None, device: str | None = None,
-                  on_record: Callable | None = None) -> BatchEdits:
-    """Load the base, apply the champion's delta, apply the requests one after another
-    (sequential editing), and write the composed delta of the candidate under `out_dir`.
-    Failed (diverged / errored) edits are left out of the candidate."""
+def _prior_samples(prior: Sequence[EditRequest], prior_image_root: str | Path | None) -> list:
+    """The champion's live edits as `Kept` items: the sample that must keep its target, the
+    subject, and the answer the edit replaced (no longer knowledge to preserve)."""
+    from odedit.editing import Kept, subject_of
+    from odedit.environments import load_image
+    from odedit.models.adapter import Sample
+
+    return [Kept(Sample(r.src, r.alt, load_image(r.image, prior_image_root)), subject_of(r), r.pred) for r in prior]
+
+
+def _edit_loaded(adapter, base_model: str, champ, requests: Sequence[EditRequest], image_root, cfg: EditConfig,
+                 out_dir: Path, fault, on_record, keep) -> tuple:
     from odedit.delta import Delta
     from odedit.editing import run_edits
-    from odedit.pools import locality_pool_for
-    from odedit.lifecycle.models import load_edited, resolve_base
+    from odedit.lifecycle.models import resolve_base
+    from odedit.pools import locality_pool_for, preservation_for
 
-    t0 = time.perf_counter()
-    adapter = load_edited(base_model, champion_delta, device=device)
-    champ = Delta.load(champion_delta) if champion_delta and (Path(champion_delta) / "delta.json").is_file() else Delta({}, {})
-    t_load = time.perf_counter() - t0
-    champion_answers = probe_answers(adapter, probes, probe_dir)
     pool = locality_pool_for(adapter, resolve_base(base_model), requests, image_root, seed=cfg.seed)
+    preserve = preservation_for(adapter, resolve_base(base_model), requests, image_root, seed=cfg.seed) \
+        if cfg.base.null_space else ()
     t1 = time.perf_counter()
-    run = run_edits(adapter, requests, image_root, cfg, pool, sequential=True, on_record=on_record, fault=fault)
+    run = run_edits(adapter, requests, image_root, cfg, pool, sequential=True, on_record=on_record, fault=fault,
+                    keep=keep, preserve=preserve)
     t_edit = time.perf_counter() - t1
-    candidate_answers = probe_answers(adapter, probes, probe_dir)
-    out_dir = Path(out_dir)
     delta_dir = batch_dir = None
     ok = [r.request_id for r in run.records if r.status == "ok" and r.request_id in run.deltas]
     if ok:
@@ -127,9 +128,139 @@ def edit_champion(base_model: str, champion_delta: str | Path | None, requests: 
         composed = champ.compose(batch)
         composed.meta = {"requests": ok, "method": cfg.method}
         delta_dir = str(composed.save(out_dir / "delta"))
+    return run, delta_dir, batch_dir, t_edit
+
+
+def _load_champion_delta(champion_delta):
+    from odedit.delta import Delta
+
+    if champion_delta and (Path(champion_delta) / "delta.json").is_file():
+        return Delta.load(champion_delta)
+    return Delta({}, {})
+
+
+def edit_champion(base_model: str, champion_delta: str | Path | None, requests: Sequence[EditRequest],
+                  image_root: str | Path, cfg: EditConfig, probes: Sequence[Probe], probe_dir: str | Path | None,
+                  out_dir: str | Path, fault: dict[str, str] | None = None, device: str | None = None,
+                  on_record: Callable | None = None, prior: Sequence[EditRequest] = (),
+                  prior_image_root: str | Path | None = None) -> BatchEdits:
+    """Load the base, apply the champion's delta, apply the requests one after another
+    (sequential editing), and write the composed delta of the candidate under `out_dir`.
+    Failed (diverged / errored) edits are left out of the candidate. `prior` (the champion
+    ledger's live edits, images under `prior_image_root`) is passed to the editor as `keep`."""
+    from odedit.lifecycle.models import load_edited
+
+    t0 = time.perf_counter()
+    adapter = load_edited(base_model, champion_delta, device=device)
+    champ = _load_champion_delta(champion_delta)
+    t_load = time.perf_counter() - t0
+    champion_answers = probe_answers(adapter, probes, probe_dir)
+    run, delta_dir, batch_dir, t_edit = _edit_loaded(adapter, base_model, champ, requests, image_root, cfg,
+                                                     Path(out_dir), fault, on_record,
+                                                     _prior_samples(prior, prior_image_root))
+    candidate_answers = probe_answers(adapter, probes, probe_dir)
     return BatchEdits([r.to_dict() for r in run.records], run.summary(), delta_dir, batch_dir,
                       champion_answers, candidate_answers,
                       {"load_s": t_load, "edit_s": t_edit, "probe_s": time.perf_counter() - t0 - t_load - t_edit})
+
+
+@dataclass
+class BatchOutcome:
+    """Everything one batch computed (no registry I/O): see `edit_and_gate`."""
+
+    records: list[dict]  # EditRecord.to_dict() + "final": final-model scores and status
+    summary: dict
+    final: dict  # FinalScores.to_dict(): batch / prior per-edit scores, regression, metrics
+    verdict: object  # gate.GateVerdict
+    delta_dir: str | None  # composed delta (base -> candidate); None when no edit succeeded
+    batch_delta_dir: str | None  # this batch's edits only
+    ledger_dir: str | None  # the candidate's ledger (parent entries re-measured + this batch)
+    champion_answers: dict[str, str] = field(default_factory=dict)
+    candidate_answers: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.verdict.passed) and self.delta_dir is not None
+
+    @property
+    def ok_ids(self) -> list[str]:
+        return [r["request_id"] for r in self.records if r["status"] == "ok"]
+
+
+def edit_and_gate(base_ref: str, champion_delta: str | Path | None, champion_ledger, requests: Sequence[EditRequest],
+                  image_root: str | Path, cfg: EditConfig, probes: Sequence[Probe], probe_dir: str | Path | None,
+                  gate_cfg, out_dir: str | Path, *, fault: dict[str, str] | None = None, device: str | None = None,
+                  on_record: Callable | None = None, batch_id: str | None = None, run_id: str | None = None,
+                  parent_version: str | None = None, hashes: dict[str, str] | None = None) -> BatchOutcome:
+    """The whole computing part of one batch, in process, without MLflow:
+
+    1. load base + champion delta; answer the fixed probes; take every request's pre-batch
+       Baseline (held-out scores and locality logits) on the champion, BEFORE any edit;
+    2. edit sequentially (the champion ledger's live edits passed to the editor as `keep`);
+    3. reload base + the composed delta (exactly what would be registered) and score it with
+       `odedit.lifecycle.final.score_final`: this batch's edits, every earlier ledger edit,
+       the regression probes;
+    4. gate (`gate.evaluate_gate` on the final-model scores) and write the candidate's
+       ledger under `out_dir`/ledger.
+
+    `champion_ledger`: a `Ledger`, a ledger directory, or None (empty). To chain batches,
+    feed `outcome.delta_dir` and `outcome.ledger_dir` of batch k as champion delta and ledger
+    of batch k+1 (only when `outcome.passed`). `parent_version` names the version that carries
+    `champion_ledger` (recorded on its entries that have none)."""
+    from odedit import evaluate
+    from odedit.environments import build_environments
+    from odedit.lifecycle import gate as gate_mod
+    from odedit.lifecycle.final import BatchItem, score_final
+    from odedit.lifecycle.ledger import Ledger, entry_from_request, load_ledger
+    from odedit.lifecycle.models import load_edited
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ledger = champion_ledger if isinstance(champion_ledger, Ledger) else load_ledger(champion_ledger)
+    prior, prior_root = ledger.live_requests()
+    hashes = hashes or request_hashes(requests)
+    t0 = time.perf_counter()
+    adapter = load_edited(base_ref, champion_delta, device=device)
+    champ = _load_champion_delta(champion_delta)
+    champion_answers = probe_answers(adapter, probes, probe_dir)
+    held = {r.id: build_environments(r, image_root, cfg.odedit, (), seed=cfg.seed).heldout for r in requests}
+    before = {rid: evaluate.baseline(adapter, h) for rid, h in held.items()}
+    t_load = time.perf_counter() - t0
+    run, delta_dir, batch_dir, t_edit = _edit_loaded(adapter, base_ref, champ, requests, image_root, cfg, out_dir,
+                                                     fault, on_record, _prior_samples(prior, prior_root))
+    del adapter
+    t2 = time.perf_counter()
+    records = [r.to_dict() for r in run.records]
+    ok_ids = [r["request_id"] for r in records if r["status"] == "ok"]
+    ledger_dir = None
+    if delta_dir is not None:
+        final_model = load_edited(base_ref, delta_dir, device=device)
+        store = out_dir / "ledger"
+        by_id = {r.id: r for r in requests}
+        new = [entry_from_request(by_id[rid], hashes[rid], image_root, store, batch_id, run_id) for rid in ok_ids]
+        items = [BatchItem(e, held[e.request_id], before[e.request_id]) for e in new]
+        redone = {e.request_hash for e in new}  # a lost / superseded edit submitted again replaces its entry
+        ledger = Ledger([e for e in ledger.entries if e.request_hash not in redone], ledger.root)
+        fs = score_final(final_model, items, store, ledger.entries, ledger.root, probes, probe_dir, champion_answers)
+        for r in records:
+            if r["request_id"] in fs.batch:
+                r["final"] = fs.batch[r["request_id"]]
+        for e in new:
+            e.status, e.scores = fs.batch[e.request_id]["status"], dict(fs.batch[e.request_id])
+        child = ledger.extend(parent_version, new)
+        for e in child.entries:
+            if e.request_hash in fs.prior and not any(e is n for n in new):
+                p = fs.prior[e.request_hash]
+                e.status, e.scores = p["status"], {"reliability": p["reliability"], "superseded_by": p["superseded_by"]}
+        ledger_dir = str(child.save(store))
+        verdict = gate_mod.evaluate_gate(records, gate_cfg, fs.regression, fs.metrics)
+        final, cand_answers = fs.to_dict(), fs.candidate_answers
+    else:
+        verdict = gate_mod.evaluate_gate(records, gate_cfg, None)
+        final, cand_answers = {}, dict(champion_answers)
+    return BatchOutcome(records, run.summary(), final, verdict, delta_dir, batch_dir, ledger_dir, champion_answers,
+                        cand_answers, {"load_s": t_load, "edit_s": t_edit, "final_s": time.perf_counter() - t2})
 
 
 def plot_before_after(records: list[dict], path: str | Path) -> Path:

@@ -6,8 +6,12 @@ Two kinds of evidence decide a batch:
      request's HELD-OUT probes (rephrasings, other images, unrelated facts) that optimisation
      never saw, so they are exactly the generality/locality a user will get;
   2. a regression check: the answers of the champion on a fixed probe set (stored with the
-     registered model at bootstrap) must not change, except probes about a subject the batch
-     edited on purpose.
+     registered model at bootstrap) must not change, except where the new answer is the target
+     of a live edit about the probe's subject (an intended change).
+Since the final-model gate (`odedit.lifecycle.final`), the per-edit scores the thresholds apply
+to are measured on the FINAL candidate (record["final"]), not right after each edit, and two
+retention floors apply: `min_batch_retention` (mean reliability of this batch's edits on the
+final model) and `min_prior_retention` (the same over earlier, not superseded ledger edits).
 
 A config file maps deployment names to thresholds; `default` applies where a deployment has
 no entry, and a deployment's entry overrides `default` key by key.
@@ -29,10 +33,16 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "gate.yaml"
 class GateConfig:
     aggregate: dict[str, float] = field(default_factory=dict)  # mean post score over ok edits >=
     per_edit: dict[str, float] = field(default_factory=dict)  # every ok edit's post score >=
-    max_regression_fraction: float = 0.0  # champion probes allowed to change (outside edited subjects)
+    max_regression_fraction: float = 0.0  # champion probes allowed to change (unintended changes)
     min_ok_edits: int = 1  # fewer successful edits than this fails the gate
+    min_batch_retention: float = 0.0  # mean final-model reliability of this batch's edits >=
+    min_prior_retention: float = 0.0  # mean final-model reliability of earlier live edits >=
 
     def __post_init__(self):
+        for name in ("min_batch_retention", "min_prior_retention", "max_regression_fraction"):
+            v = float(getattr(self, name))
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {v}")
         for name in list(self.aggregate) + list(self.per_edit):
             if name not in SCORES:
                 raise ValueError(f"unknown score {name!r} in gate config; use one of {', '.join(SCORES)}")
@@ -108,21 +118,31 @@ def world_probes(world, image_dir: str | Path, per_entity: int = 2, seed: int = 
     return out
 
 
+def _norm_answer(a) -> str:
+    return " ".join(str(a or "").lower().split())
+
+
 def regression_check(probes: list[Probe], champion: Mapping[str, str], candidate: Mapping[str, str],
-                     edited_subjects: Iterable[str]) -> dict:
-    """Which fixed probes changed their answer between champion and candidate, ignoring
-    probes about a subject the candidate edited on purpose."""
-    edited = {s.lower() for s in edited_subjects if s}
-    checked, changed = [], []
+                     intended: Mapping[str, Iterable[str]] | None = None) -> dict:
+    """Which fixed probes changed their answer between champion and candidate. A change is
+    exempt (an intended change) only when the probe's new answer equals the target of a live
+    edit about the probe's subject: `intended` maps subject -> targets of live edits. Every
+    other change counts, edited subject or not."""
+    wanted = {str(k).lower(): {_norm_answer(t) for t in v} for k, v in (intended or {}).items()}
+    changed, exempt = [], []
     for p in probes:
-        if p.subject and p.subject.lower() in edited:
+        old, new = champion.get(p.id), candidate.get(p.id)
+        if old == new:
             continue
-        checked.append(p.id)
-        if champion.get(p.id) != candidate.get(p.id):
-            changed.append({"probe": p.id, "prompt": p.prompt, "image": p.image,
-                            "champion": champion.get(p.id), "candidate": candidate.get(p.id)})
-    frac = len(changed) / len(checked) if checked else 0.0
-    return {"checked": len(checked), "changed": changed, "changed_fraction": frac}
+        row = {"probe": p.id, "prompt": p.prompt, "image": p.image, "subject": p.subject,
+               "champion": old, "candidate": new}
+        if p.subject and _norm_answer(new) in wanted.get(p.subject.lower(), set()):
+            exempt.append(row)
+        else:
+            changed.append(row)
+    n = len(probes)
+    return {"checked": n, "changed": changed, "intended": exempt,
+            "changed_fraction": len(changed) / n if n else 0.0}
 
 
 @dataclass
@@ -146,8 +166,16 @@ def _num(v) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def evaluate_gate(records: list[Mapping], cfg: GateConfig, regression: dict | None = None) -> GateVerdict:
-    """Verdict on a batch from its edit records (EditRecord.to_dict()) and regression result.
+def _gated(r: Mapping) -> Mapping:
+    """The scores thresholds apply to: the final-model scores when measured, else post."""
+    return r.get("final") or r.get("post") or {}
+
+
+def evaluate_gate(records: list[Mapping], cfg: GateConfig, regression: dict | None = None,
+                  final_metrics: Mapping[str, float | None] | None = None) -> GateVerdict:
+    """Verdict on a batch from its edit records (EditRecord.to_dict(), with a `final` dict of
+    final-model scores when `odedit.lifecycle.final` measured them), the regression result and
+    the final-model aggregates (`batch_retention`, `prior_retention`, ...).
 
     Only successful edits enter the candidate; diverged/errored edits are left out of it (and
     stay pending for a rerun), they do not fail the gate on their own."""
@@ -155,6 +183,9 @@ def evaluate_gate(records: list[Mapping], cfg: GateConfig, regression: dict | No
     reasons: list[str] = []
     metrics: dict[str, float | None] = {}
     for name in SCORES:
+        fin = [_num(_gated(r).get(name)) for r in ok]
+        fin = [v for v in fin if v is not None]
+        metrics[f"final.{name}"] = math.fsum(fin) / len(fin) if fin else None
         vals = [_num((r.get("post") or {}).get(name)) for r in ok]
         vals = [v for v in vals if v is not None]
         metrics[f"post.{name}"] = math.fsum(vals) / len(vals) if vals else None
@@ -164,14 +195,25 @@ def evaluate_gate(records: list[Mapping], cfg: GateConfig, regression: dict | No
     if len(ok) < cfg.min_ok_edits:
         reasons.append(f"only {len(ok)} successful edit(s); the gate needs at least {cfg.min_ok_edits}")
     for name, floor in cfg.aggregate.items():
-        v = metrics[f"post.{name}"]
+        v = metrics[f"final.{name}"]
         if v is not None and v < floor:
             reasons.append(f"mean held-out {name} {v:.3f} < {floor}")
     for name, floor in cfg.per_edit.items():
         for r in ok:
-            v = _num((r.get("post") or {}).get(name))
+            v = _num(_gated(r).get(name))
             if v is not None and v < floor:
                 reasons.append(f"edit {r.get('request_id')}: held-out {name} {v:.3f} < {floor}")
+    fm = dict(final_metrics or {})
+    for k in ("batch_retention", "prior_retention"):
+        if k in fm:
+            metrics[k] = _num(fm[k])
+    br, pr = metrics.get("batch_retention"), metrics.get("prior_retention")
+    if br is not None and br < cfg.min_batch_retention:
+        lost = [r.get("request_id") for r in ok if (r.get("final") or {}).get("status") == "lost"]
+        reasons.append(f"batch retention {br:.3f} < {cfg.min_batch_retention} on the final model"
+                       + (f" (lost: {', '.join(lost)})" if lost else ""))
+    if pr is not None and pr < cfg.min_prior_retention:
+        reasons.append(f"retention of earlier edits {pr:.3f} < {cfg.min_prior_retention} on the final model")
     if regression is not None:
         metrics["regression.changed_fraction"] = regression["changed_fraction"]
         if regression["changed_fraction"] > cfg.max_regression_fraction:

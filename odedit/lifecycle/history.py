@@ -11,6 +11,7 @@ from odedit.lifecycle.gate import SCORES
 
 COLUMNS = ["request_id", "requester", "reason", "ticket", "submitted_at", "subject", "prompt", "target",
            "answer_before", "answer_after", *[f"pre.{s}" for s in SCORES], *[f"post.{s}" for s in SCORES],
+           *[f"final.{s}" for s in SCORES], "champion_status", "champion.reliability",
            "status", "gate", "run_id", "version", "parent_version", "batch_id", "method", "registered_at"]
 
 
@@ -30,11 +31,31 @@ def rows_from_run(edits: dict, version: dict, run_id: str, only: set[str] | None
                "run_id": run_id, "version": version.get("version"), "parent_version": edits.get("parent_version"),
                "batch_id": edits.get("batch_id"), "method": (edits.get("config") or {}).get("method"),
                "registered_at": version.get("created_at")}
-        for side in ("pre", "post"):
+        for side in ("pre", "post", "final"):
             for s in SCORES:
                 row[f"{side}.{s}"] = (r.get(side) or {}).get(s)
+        row["request_hash"] = r.get("request_hash")
         out.append(row)
     return out
+
+
+def annotate(rows: list[dict], ledger, version: str) -> list[dict]:
+    """Each row's status on `version` from that version's ledger (odedit.lifecycle.ledger):
+    holds / lost / superseded, or `re-edited in N` when the same request was edited again by a
+    later version of the lineage (the later row carries the status)."""
+    by_hash = {e.request_hash: e for e in ledger.entries}
+    for row in rows:
+        e = by_hash.get(row.get("request_hash"))
+        row["champion_status"], row["champion.reliability"] = None, None
+        if e is None:
+            continue
+        introduced = e.version or str(version)
+        if str(row.get("version")) == str(introduced):
+            row["champion_status"] = e.status
+            row["champion.reliability"] = (e.scores or {}).get("reliability")
+        else:
+            row["champion_status"] = f"re-edited in {introduced}"
+    return rows
 
 
 def export(rows: list[dict], fmt: str, out: str | Path | None) -> str | None:

@@ -71,3 +71,41 @@ def configure_environment() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
         os.environ.setdefault(k, "1")
+    # A registry call must fail in bounded time, not retry for minutes (MLflow's defaults: 7
+    # retries, backoff factor 2, 120 s timeout). With these, one call gives up after about
+    # 3 x 5 s + 1 + 2 s; the Prefect tasks retry it at most ODEDIT_REGISTRY_RETRIES times.
+    for k, v in REGISTRY_HTTP_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+
+
+REGISTRY_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+}
+
+
+def _lock_path(key: str) -> Path:
+    d = state_dir() / "locks"
+    d.mkdir(parents=True, exist_ok=True)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
+    return d / f"{safe}.lock"
+
+
+def model_lock(name: str, timeout: float = -1):
+    """The state directory's lock of one registered model name: held around a whole batch
+    (read registered hashes -> edit -> register -> set alias) and around `registry init`, so the
+    same batch started twice registers once and two first uses do not both bootstrap. It is a
+    file lock: it serialises processes sharing this state directory (with a remote tracking
+    server, processes on other machines are not covered)."""
+    from filelock import FileLock
+
+    return FileLock(str(_lock_path(f"model-{name}")), timeout=timeout)
+
+
+def store_lock(timeout: float = -1):
+    """Held around the first use of the local SQLite store in a process (MLflow migrations)."""
+    from filelock import FileLock
+
+    return FileLock(str(_lock_path("mlflow-store")), timeout=timeout)

@@ -1,0 +1,118 @@
+"""Scoring what is registered: the FINAL candidate model (after the whole batch), pure
+(no Prefect, no MLflow).
+
+The gate used to score each edit right after that edit, while later edits of the batch were
+applied on top; earlier batches' edits were never re-checked. `score_final` measures, on the
+final model:
+  (a) every successful edit of this batch: reliability on its edit prompt + image and its
+      held-out T-Gen / M-Gen / T-Loc / M-Loc (locality against the champion's PRE-BATCH
+      logits, taken before any edit of the batch);
+  (b) every earlier ledger edit: reliability (and whether it holds, was superseded, or lost);
+  (c) the fixed regression probes: an answer that changed counts unless the new answer is the
+      target of a live edit about the probe's subject (an intended change).
+Within one batch nothing is superseded: a batch whose second edit undoes its first loses its
+first edit and fails `min_batch_retention`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from odedit.lifecycle.gate import SCORES, Probe, regression_check
+from odedit.lifecycle.ledger import LedgerEntry, same_thing, status_of
+
+HOLDS = 0.999
+
+
+@dataclass
+class BatchItem:
+    """One successful edit of the batch: its ledger entry (request + image hash), its held-out
+    probes (odedit.environments.HeldOut) and the champion's pre-batch Baseline on them."""
+
+    entry: LedgerEntry
+    heldout: object
+    before: object
+
+
+@dataclass
+class FinalScores:
+    batch: dict[str, dict] = field(default_factory=dict)  # request id -> five scores + status
+    prior: dict[str, dict] = field(default_factory=dict)  # request HASH -> request id, reliability, status
+    regression: dict = field(default_factory=dict)
+    metrics: dict[str, float | None] = field(default_factory=dict)
+    candidate_answers: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _mean(vals) -> float | None:
+    vals = [float(v) for v in vals if v is not None and math.isfinite(float(v))]
+    return math.fsum(vals) / len(vals) if vals else None
+
+
+def answers_with(adapter, prompt: str, image, target: str) -> float | None:
+    """Teacher-forced token accuracy of `target` after (image, prompt) on `adapter`."""
+    from odedit import evaluate
+    from odedit.models.adapter import Sample
+
+    return evaluate.accuracy(adapter, [Sample(prompt, target, image)])
+
+
+def _entry_image(entry: LedgerEntry, root: str | Path | None):
+    from odedit.environments import load_image
+
+    return load_image(entry.request["image"], root)
+
+
+def score_final(adapter, batch: Sequence[BatchItem], batch_image_root: str | Path | None,
+                prior: Sequence[LedgerEntry], prior_image_root: str | Path | None,
+                probes: Sequence[Probe], probe_dir: str | Path | None,
+                champion_answers: Mapping[str, str]) -> FinalScores:
+    """Scores of the final candidate `adapter` (see the module doc). `batch` entries' images
+    are relative to `batch_image_root`, `prior` ones to `prior_image_root`; `prior` is the
+    champion ledger in order (oldest first)."""
+    from odedit import evaluate
+    from odedit.lifecycle.batch import probe_answers
+
+    out = FinalScores()
+    for item in batch:
+        s = evaluate.score(adapter, item.heldout, item.before).to_dict()
+        s["status"] = status_of(s["reliability"], superseded=False, threshold=HOLDS)
+        out.batch[item.entry.request_id] = s
+    later_all = list(prior) + [item.entry for item in batch]
+    for i, e in enumerate(prior):
+        img = _entry_image(e, prior_image_root)
+        rel = answers_with(adapter, e.request["src"], img, e.target)
+        superseded_by = None
+        if rel is None or rel < HOLDS:
+            for later in later_all[i + 1:]:
+                if same_thing(e, later) and later.target != e.target:
+                    acc = answers_with(adapter, e.request["src"], img, later.target)
+                    if acc is not None and acc >= HOLDS:
+                        superseded_by = later.request_id
+        status = status_of(rel, superseded_by is not None, HOLDS)
+        out.prior[e.request_hash] = {"request_id": e.request_id, "reliability": rel, "status": status,
+                                     "superseded_by": superseded_by}
+
+    live = [item.entry for item in batch] + [e for e in prior if out.prior[e.request_hash]["status"] != "superseded"]
+    targets: dict[str, set[str]] = {}
+    for e in live:
+        if e.subject:
+            targets.setdefault(e.subject, set()).add(e.target)
+    out.candidate_answers = probe_answers(adapter, probes, probe_dir)
+    out.regression = regression_check(list(probes), champion_answers, out.candidate_answers, targets)
+
+    m = out.metrics
+    m["batch_retention"] = _mean(s["reliability"] for s in out.batch.values())
+    m["prior_retention"] = _mean(p["reliability"] for p in out.prior.values() if p["status"] != "superseded")
+    for name in SCORES:
+        m[f"final.{name}"] = _mean(s.get(name) for s in out.batch.values())
+    m["regression.changed_fraction"] = out.regression["changed_fraction"]
+    for st in ("holds", "lost", "superseded"):
+        m[f"prior.{st}"] = float(sum(1 for p in out.prior.values() if p["status"] == st))
+        m[f"batch.{st}"] = float(sum(1 for s in out.batch.values() if s["status"] == st))
+    return out
