@@ -45,6 +45,7 @@ def main():
     ap.add_argument("--set", action="append", default=[], help="section.key=value")
     ap.add_argument("--out", default="/tmp/lifelong")
     ap.add_argument("--debug", action="store_true")
+    ap.add_argument("--pres", type=int, default=2)
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -78,7 +79,7 @@ def main():
     def fact_of(req):
         attr = req.reason.split("the ")[1].split(" of")[0]
         return (req.subject, attr)
-    preserve = world_preservation(world)
+    preserve = world_preservation(world, a.pres, a.pres)
     live = {}  # fact -> (req, root)
     edited_facts = set()
     base_loc = {}

@@ -576,3 +576,23 @@ def _trim_pstats(text: str) -> str:
     lines = text.splitlines()
     start = next((i for i, l in enumerate(lines) if l.strip().startswith("ncalls")), 0)
     return "\n".join(l.replace(os.getcwd() + "/", "") for l in lines[start:] if l.strip())
+
+
+def sequential_seconds_per_edit(adapter: MLLMAdapter, requests: Sequence[EditRequest], image_root: Path, pool,
+                                preserve, methods: Sequence[str], base: EditConfig | None = None) -> dict[str, float]:
+    """Wall seconds per edit of a sequential run (what a batch pays: environments, baselines,
+    optimisation, scoring, and for lifelong methods the key bank and each edit's projector),
+    the model restored after each method."""
+    from odedit.bench.grid import parse_method
+
+    names = [n for n, _ in adapter.model.named_parameters()]
+    out = {}
+    for name in methods:
+        cfg = parse_method(name).config(0, base)
+        before = snapshot(adapter.model, names)
+        t0 = time.perf_counter()
+        run_edits(adapter, list(requests), image_root, cfg, pool, sequential=True,
+                  preserve=preserve if cfg.base.null_space else ())
+        out[name] = (time.perf_counter() - t0) / len(requests)
+        remove_delta(adapter.model, AppliedDelta(before))
+    return out

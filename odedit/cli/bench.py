@@ -126,8 +126,22 @@ def bench(
         _wide().print(prof["torch_ops"], markup=False, highlight=False)
         console.print("[bold]cProfile top functions (own time)[/]")
         _wide().print(prof["cprofile_tottime"], markup=False, highlight=False)
+        from odedit.pools import preservation_for
+
+        seq_reqs, seq_root = requests_for_seed(1, 6)
+        methods_seq = ("odedit-ft-l", "odedit-ft-l-lifelong")
+        with console.status(f"per-edit seconds of a sequential 6-edit batch: {', '.join(methods_seq)}"):
+            per_edit = measure.sequential_seconds_per_edit(
+                adapter, seq_reqs, seq_root, pool_for(1, seq_reqs, seq_root),
+                preservation_for(adapter, ref, seq_reqs, seq_root), methods_seq, base)
+        meta["sequential_s_per_edit"] = {k: round(v, 3) for k, v in per_edit.items()}
         meta["wall_s"] = round(time.perf_counter() - t0, 1)
         notes = _perf_verdict(results)
+        ratio = per_edit["odedit-ft-l-lifelong"] / per_edit["odedit-ft-l"]
+        notes += (f"\n(d) per edit in a sequential 6-edit batch (environments, baselines, optimisation, scoring; "
+                  f"lifelong: key bank + projector): odedit-ft-l {per_edit['odedit-ft-l']:.2f} s, "
+                  f"odedit-ft-l-lifelong (the run-batch default) {per_edit['odedit-ft-l-lifelong']:.2f} s = "
+                  f"{ratio:.2f}x; target <= 2x: {'met' if ratio <= 2 else 'NOT met'}")
         console.print(notes)
         _finish(out, [], meta, results, prof, mlflow, notes)
         return

@@ -1,0 +1,98 @@
+"""Lifelong editing: the null-space constraint, replay and fact-level exclusions, on the
+embedded model. Behaviour: edits land, preserved knowledge answers as before."""
+
+from __future__ import annotations
+
+import torch
+
+from odedit import evaluate
+from odedit.config import EditConfig
+from odedit.delta import remove_delta
+from odedit.editing import Kept, keep_for, run_edits
+from odedit.editors.base import edited_layer
+from odedit.editors.nullspace import KeyBank, fact_key, key_covariance
+from odedit.editors.optimise import optimise_edit
+from odedit.environments import build_environments
+from odedit.models.adapter import Sample
+from odedit.pools import POOL_SIZE, world_preservation
+
+
+def test_lifelong_preset_and_base_method():
+    cfg = EditConfig(method="odedit-ft-l-lifelong")
+    assert cfg.uses_odedit and cfg.lifelong and cfg.base_method == "ft-l"
+    assert cfg.base.null_space and cfg.base.replay > 0 and cfg.base.optimizer == "sgd"
+    plain = EditConfig(method="odedit-ft-l")
+    assert not plain.base.null_space and plain.base.replay == 0
+    # an explicit choice wins over the preset
+    mine = EditConfig(method="ft-l-lifelong", base={"lr": 0.5})
+    assert mine.base.lr == 0.5 and mine.base.null_space
+
+
+def test_keep_for_drops_only_the_fact_being_replaced():
+    s = lambda t: Sample("q", t)  # noqa: E731
+    kept = [Kept(s("sorrel"), "zorb", "plumcake"), Kept(s("vantor"), "zorb", "orbix"), Kept(s("mallow"), "quam")]
+    left = keep_for(type("R", (), {"subject": "zorb", "id": "r"})(), kept, current="Sorrel ")
+    assert [k.target for k in left] == ["vantor", "mallow"]  # zorb's other fact and quam's stay
+    assert fact_key("Zorb", " Sorrel") == ("zorb", "sorrel")
+
+
+def test_projected_edit_leaves_preserved_keys_alone(adapter, world, world_requests):
+    """An FT-L edit confined to the null space of the preserved keys changes the edit's answer
+    while the preserved samples' logits stay as they were (up to the tolerance)."""
+    root, requests = world_requests
+    req = requests[0]
+    cfg = EditConfig(method="ft-l-lifelong")
+    module = adapter.mlp_module(edited_layer(adapter, cfg.base), cfg.base.proj)
+    preserve = [k for k in world_preservation(world) if k.subject != req.subject][:96]
+    bank = KeyBank(adapter, module, cfg.base.null_space_tol)
+    bank.add([k.sample for k in preserve], [k.subject for k in preserve])
+    probes = [k.sample for k in preserve[::3] if k.sample.image is not None]
+    before = evaluate.probe_logits(adapter, probes)
+    es = build_environments(req, root, cfg.odedit, world.locality_pool(POOL_SIZE, req.subject), seed=0)
+
+    def same_top1() -> float:
+        after = evaluate.probe_logits(adapter, probes)
+        real = before.labels.new_ones(before.labels.shape, dtype=torch.bool)  # every position of every probe
+        return (before.logits.argmax(-1) == after.logits.argmax(-1))[real].float().mean().item()
+
+    free = optimise_edit(adapter, es, cfg)  # control: the same edit without the constraint
+    unconstrained = same_top1()
+    remove_delta(adapter.model, free.restore)
+    out = optimise_edit(adapter, es, cfg, projection=bank.projector(req.subject, req.pred))
+    try:
+        assert adapter.answer(req.src, es.heldout.reliability[0].image).split()[:1] == req.alt.split()[:1]
+        constrained = same_top1()
+        assert constrained >= 0.99 and constrained > unconstrained, (constrained, unconstrained)
+        name = next(iter(out.delta.tensors))
+        change = out.delta.tensors[name] - out.restore.originals[name]
+        cov = key_covariance(adapter, module, probes)
+        # the update carries almost no energy along the preserved keys: tr(D C D^T) << |D|^2 tr(C)
+        along = torch.trace(change.double() @ cov @ change.double().T) / (change.double().norm() ** 2 * torch.trace(cov))
+        assert along.item() < 1e-3
+    finally:
+        remove_delta(adapter.model, out.restore)
+
+
+def test_lifelong_sequence_keeps_earlier_edits_and_unrelated_answers(adapter, world, world_requests):
+    """Six sequential edits with the lifelong method: every edit holds after the last one and
+    unrelated world knowledge (other subjects) keeps its greedy answers."""
+    root, requests = world_requests
+    reqs = requests[:6]
+    subjects = {r.subject for r in reqs}
+    preserve = world_preservation(world)
+    unrelated = [k.sample for k in preserve if k.subject not in subjects][::6]
+    answers = [adapter.answer(s.prompt, s.image, 4) for s in unrelated]
+    cfg = EditConfig(method="odedit-ft-l-lifelong")
+    pool = lambda r: world.locality_pool(POOL_SIZE, r.subject or "")  # noqa: E731
+    snapshot = {n: p.detach().clone() for n, p in adapter.model.named_parameters()}
+    try:
+        run = run_edits(adapter, reqs, root, cfg, pool, sequential=True, preserve=preserve)
+        assert all(r.status == "ok" for r in run.records)
+        assert run.retention == 1.0
+        now = [adapter.answer(s.prompt, s.image, 4) for s in unrelated]
+        kept = sum(a == b for a, b in zip(answers, now)) / len(answers)
+        assert kept >= 0.97, f"only {kept:.2%} of {len(answers)} unrelated answers kept"
+    finally:
+        with torch.no_grad():
+            for n, p in adapter.model.named_parameters():
+                p.copy_(snapshot[n])
