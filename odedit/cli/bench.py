@@ -32,6 +32,8 @@ def bench(
                                   "model, promote on pass), scored on the served champion after every batch."),
     batches: int = typer.Option(5, "--batches", help="--lifelong: number of batches."),
     batch_size: int = typer.Option(20, "--batch-size", help="--lifelong: edits per batch."),
+    deployment: Optional[str] = typer.Option(None, "--deployment", help="--lifelong: gate section of "
+                                             "configs/gate.yaml (default: the default gate; 'demo' is permissive)."),
     methods: Optional[str] = typer.Option(None, help="Comma-separated methods, e.g. "
                                           "'ft-l,odedit-ft-l,odedit-ft-l[-tv],icl' (overrides the grid's)."),
     seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds (overrides the grid's)."),
@@ -147,7 +149,7 @@ def bench(
         return
 
     if lifelong:
-        _lifelong(ref, adapter, world, methods, seeds, batches, batch_size, base, out, meta, t0, mlflow)
+        _lifelong(ref, adapter, world, methods, seeds, batches, batch_size, base, out, meta, t0, mlflow, deployment)
         return
 
     meta.update(methods=",".join(grid.methods), seeds=",".join(map(str, grid.seeds)), n_single=grid.n_single,
@@ -179,7 +181,7 @@ LIFELONG_METHODS = "ft-l,odedit-ft-l,odedit-ft-l-lifelong"
 
 
 def _lifelong(ref, adapter, world, methods, seeds, batches, batch_size, base, out: Path, meta: dict, t0: float,
-              use_mlflow: bool) -> None:
+              use_mlflow: bool, deployment: str | None = None) -> None:
     """`odedit bench --lifelong`: see odedit/bench/lifelong.py."""
     from odedit.bench import lifelong as L
     from odedit.bench.grid import parse_method
@@ -194,11 +196,11 @@ def _lifelong(ref, adapter, world, methods, seeds, batches, batch_size, base, ou
     seed_list = _ints(seeds) if seeds else (0, 1, 2)
     out.mkdir(parents=True, exist_ok=True)
     probes = default_probes(ref, out / "probes")
-    gate_cfg = gate.load_gate_config()
-    meta.update(grid="lifelong", methods=",".join(s.name for s in specs), seeds=",".join(map(str, seed_list)),
+    gate_cfg = gate.load_gate_config(None, deployment)
+    meta.update(grid="lifelong", gate=deployment or "default", methods=",".join(s.name for s in specs), seeds=",".join(map(str, seed_list)),
                 batches=batches, batch_size=batch_size, probes=len(probes), protocols=L.PROTOCOLS)
     console.print(f"lifelong: {len(specs)} method(s) x {len(seed_list)} seed(s) x {batches} batch(es) of "
-                  f"{batch_size} edits, default gate; model {ref} on {adapter.device}")
+                  f"{batch_size} edits, gate {deployment or 'default'}; model {ref} on {adapter.device}")
     rows: list = []
     partial = out / "rows.partial.jsonl"
     partial.write_text("")
@@ -212,7 +214,8 @@ def _lifelong(ref, adapter, world, methods, seeds, batches, batch_size, base, ou
                 console.print(f"  {row.method} seed {row.seed} batch {row.batch}: gate {row.gate}, live {row.live}, "
                               f"retention {100 * (row.retention or 0):.1f}, regression {100 * (row.regression or 0):.1f}, "
                               f"M-Gen {100 * (row.m_gen or 0):.1f}, T-Loc {100 * (row.t_loc or 0):.1f}, "
-                              f"{row.seconds_per_edit:.2f} s/edit")
+                              f"{row.seconds_per_edit:.2f} s/edit" + (f"; gate: {row.gate_reasons[0]}"
+                                                                      if row.gate_reasons else ""), markup=False)
                 _append_partial(partial, [row], t0)
 
             rows += L.run_lifelong(spec.name, seed, step, adapter, world, probes, out / "probes", out / "images",
