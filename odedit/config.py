@@ -15,7 +15,7 @@ METHODS = ("ft-l", "lora", "odedit-ft-l", "odedit-lora", "ft-l-lifelong", "odedi
 # `*-lifelong` methods: the same editor with the lifelong-editing options (PRODUCT, not the
 # paper's; see README "Lifelong editing"). They replace the fields a config leaves at their defaults.
 LIFECYCLE_METHOD = "odedit-ft-l-lifelong"  # the default of run-batch, the edit-batch flow and the inbox
-LIFELONG_PRESET = {"replay": 8, "null_space": True, "optimizer": "sgd", "lr": 5.0}  # TUNED (bench --lifelong)
+LIFELONG_PRESET = {"null_space": True, "optimizer": "sgd", "lr": 10.0, "steps": 200}  # TUNED (bench/README.md)
 
 
 @dataclass
@@ -37,7 +37,7 @@ class BaseEditorConfig:
     replay: int = 0  # earlier edits replayed per edit as a KEEP environment (their target NLL)
     w_replay: float = 1.0  # weight of the KEEP (replay) risk
     null_space: bool = False  # AlphaEdit-style: project the update onto the null space of preserved keys
-    null_space_tol: float = 1e-4  # eigenvalues of K0 K0^T below tol * max span the null space (TUNED)
+    null_space_tol: float = 3e-5  # eigenvalues of K0 K0^T below tol * max span the null space (TUNED)
 
 
 @dataclass

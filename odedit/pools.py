@@ -44,7 +44,7 @@ def locality_pool_for(
     return pool
 
 
-def world_preservation(world, views_per_kind: int = 2, phrasings_per_kind: int = 2, seed: int = 0):
+def world_preservation(world, views_per_kind: int = 4, phrasings_per_kind: int = 4, seed: int = 0):
     """Knowledge to preserve for a world model, with subjects: every entity x every image kind
     on `views_per_kind` training views and every text kind in `phrasings_per_kind` training
     phrasings (what the model was pretrained to know)."""
