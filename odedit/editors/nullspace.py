@@ -22,40 +22,18 @@ import torch
 from odedit.models.adapter import MLLMAdapter, Sample
 
 
-class _KeysCollected(Exception):
-    pass
-
-
 @torch.no_grad()
 def key_covariance(adapter: MLLMAdapter, module: torch.nn.Module, samples: Sequence[Sample],
                    batch_size: int = 32) -> torch.Tensor:
     """sum_k k k^T over the inputs of `module` at every real token position of `samples`."""
-    weight = module.weight
-    cov = torch.zeros(weight.shape[1], weight.shape[1], dtype=torch.float64)
-    if not samples:
-        return cov
-    layer_mask: dict[str, torch.Tensor] = {}
-
-    def grab(_module, args):
-        x = args[0].detach().to(torch.float64).cpu()
-        mask = layer_mask["mask"].to(torch.bool).cpu()
-        keys = x[mask] if x.dim() == 3 and mask.shape == x.shape[:2] else x.reshape(-1, x.shape[-1])
-        cov.add_(keys.T @ keys)
-        raise _KeysCollected  # nothing above the edited projection is needed
-
-    handle = module.register_forward_pre_hook(grab)
-    try:
-        groups = {"image": [s for s in samples if s.image is not None], "text": [s for s in samples if s.image is None]}
-        for group in groups.values():
-            for i in range(0, len(group), batch_size):
-                enc = adapter.encode(group[i:i + batch_size])
-                layer_mask["mask"] = enc.inputs["attention_mask"]
-                try:
-                    adapter.model.model(**enc.inputs, use_cache=False)
-                except _KeysCollected:
-                    pass
-    finally:
-        handle.remove()
+    cov = torch.zeros(module.weight.shape[1], module.weight.shape[1], dtype=torch.float64)
+    groups = ([s for s in samples if s.image is not None], [s for s in samples if s.image is None])
+    for group in groups:
+        for i in range(0, len(group), batch_size):
+            enc = adapter.encode(group[i:i + batch_size])
+            x = adapter.module_input(enc, module).to(torch.float64).cpu()
+            keys = x[enc.inputs["attention_mask"].to(torch.bool).cpu()]
+            cov.add_(keys.T @ keys)
     return cov
 
 

@@ -161,25 +161,30 @@ class MLLMAdapter:
         return self.model.model.language_model
 
     @torch.no_grad()
-    def cache_prefix(self, enc: Encoded, layer: int) -> Encoded:
-        """`enc` plus the (frozen) hidden states entering decoder layer `layer`; later forwards
-        of the result run only layers >= `layer`. A no-op where the model type is unsupported."""
-        if not self.supports_prefix_cache or layer <= 0:
-            return enc
+    def module_input(self, enc: Encoded, module: torch.nn.Module) -> torch.Tensor:
+        """The (first) input `module` receives in a forward pass of `enc`; the pass stops there,
+        so nothing above `module` runs."""
         captured = {}
 
         def grab(_module, args, kwargs):
-            captured["h"] = (args[0] if args else kwargs["hidden_states"]).detach()
+            captured["x"] = (args[0] if args else kwargs["hidden_states"]).detach()
             raise _PrefixCaptured
 
-        handle = self.decoder_layers()[layer].register_forward_pre_hook(grab, with_kwargs=True)
+        handle = module.register_forward_pre_hook(grab, with_kwargs=True)
         try:
             self.model.model(**enc.inputs, use_cache=False)
         except _PrefixCaptured:
             pass
         finally:
             handle.remove()
-        return Encoded(enc.inputs, enc.labels, captured["h"], layer)
+        return captured["x"]
+
+    def cache_prefix(self, enc: Encoded, layer: int) -> Encoded:
+        """`enc` plus the (frozen) hidden states entering decoder layer `layer`; later forwards
+        of the result run only layers >= `layer`. A no-op where the model type is unsupported."""
+        if not self.supports_prefix_cache or layer <= 0:
+            return enc
+        return Encoded(enc.inputs, enc.labels, self.module_input(enc, self.decoder_layers()[layer]), layer)
 
     def _decoder_from_prefix(self, enc: Encoded):
         lm = self._language_model()
