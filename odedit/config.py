@@ -50,9 +50,13 @@ class ODEditConfig:
     w_loc: float = 1.0  # locality risk (KL) weight
     nll_reduction: Literal["mean", "sum"] = "mean"  # over target tokens (INFERRED: not stated)
     kl_direction: Literal["post_pre", "pre_post"] = "post_pre"  # PAPER prints KL(post || pre)
-    kl_positions: Literal["answer", "all"] = "answer"  # INFERRED
+    kl_positions: Literal["answer", "all"] = "answer"  # INFERRED; "all" = every real (unpadded) position
     mmd_positions: Literal["answer", "prompt"] = "answer"  # which hidden states are MMD samples (INFERRED)
     mmd_scales: int = 5  # multi-scale Gaussian kernel, b0 * 2^q (INFERRED)
+    # b0 follows the (w-scaled) states and is differentiated through, so dR/dw is the true
+    # derivative of the risk as computed (MMD's share is 0: the kernel is scale-invariant);
+    # "detached" = constant kernel per step (dR/dw then differentiates another function). INFERRED
+    mmd_bandwidth: Literal["differentiable", "detached"] = "differentiable"
     tv: bool = True  # the total-variation (IRM-TV) penalty on/off, for ablation
     tv_warmup_steps: int = 5  # penalty annealed in after these steps (INFERRED from IRM-TV code)
     lambda_init: float = 1.0  # initial penalty weight lambda (INFERRED)

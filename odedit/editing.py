@@ -14,7 +14,7 @@ from odedit.config import EditConfig
 from odedit.delta import Delta, remove_delta
 from odedit.editors.optimise import EditDiverged, optimise_edit
 from odedit.environments import build_environments
-from odedit.metrics import EditScores, aggregate, retention, token_accuracy
+from odedit.metrics import EditScores, aggregate, retention, tagged, token_accuracy
 from odedit.models.adapter import MLLMAdapter, Sample
 from schemas.request import EditRequest
 
@@ -78,7 +78,10 @@ class EditRun:
         ok = [r for r in self.records if r.status == "ok"]
         out = {"edits": len(self.records), "ok": len(ok)}
         out.update({f"pre.{k}": v for k, v in aggregate([r.pre for r in ok if r.pre]).items()})
-        out.update({f"post.{k}": v for k, v in aggregate([r.post for r in ok if r.post]).items()})
+        post = aggregate([r.post for r in ok if r.post])
+        out.update({f"post.{k}": v for k, v in post.items()})
+        # the same means under protocol-tagged names (MLflow-safe: "post.t_locality/easyedit")
+        out.update(tagged(post, sep="/", prefix="post."))
         out["seconds_per_edit"] = sum(r.seconds for r in ok) / len(ok) if ok else None
         out["retention"] = self.retention
         return out

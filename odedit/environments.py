@@ -8,7 +8,16 @@
        locality pool, never about the subject and never one of the held-out probes
 
 The request's `rephrase`, `image_rephrase`, `loc*` and `m_loc*` fields form the HELD-OUT
-split: they are returned separately and optimisation never sees them.
+split: they are returned separately and optimisation never sees them. Leak guards (tested in
+tests/test_environments.py for the embedded model and for a non-world checkpoint):
+  * texts compare after whitespace/case normalisation; images by CONTENT hash (`image_hash`,
+    decoded RGB pixels), never only by path, so a copy of a held-out image under another name
+    or format is still held out;
+  * SE/text drops any train rephrasing equal to a held-out prompt (rephrase, loc, m_loc_q);
+    SE/image drops any train image whose content is a held-out image (image_rephrase, m_loc);
+  * OUT drops held-out prompts/images, anything about the subject, the edit's own image, and
+    the edit's own prompt as a text-only probe or with its own image. The edit prompt asked
+    about ANOTHER subject's image stays: the classic hard negative (same question, other fact).
 """
 
 from __future__ import annotations
@@ -85,6 +94,19 @@ def augment_image(image: Image.Image, rng: random.Random) -> Image.Image:
     return ImageEnhance.Contrast(out).enhance(rng.uniform(0.9, 1.1))
 
 
+def image_hash(image: Image.Image | None) -> str | None:
+    """Content hash of an image's decoded RGB pixels (and size): equal pictures, equal hash,
+    whatever their path or file format."""
+    if image is None:
+        return None
+    rgb = image.convert("RGB")
+    return hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
+
+
+def norm_text(text: str) -> str:
+    return " ".join(str(text).lower().split())
+
+
 def _words(text: str) -> set[str]:
     return set(text.lower().split())
 
@@ -144,22 +166,32 @@ def build_environments(
             for p, q, a in zip(request.m_loc, request.m_loc_q, request.m_loc_a)
         ],
     )
-    held_prompts = {s.prompt for s in heldout.t_loc + heldout.m_loc} | set(request.rephrase)
+    held_prompts = {norm_text(s.prompt) for s in heldout.t_loc + heldout.m_loc + heldout.t_gen}
+    held_images = {image_hash(s.image) for s in heldout.m_gen + heldout.m_loc}
+    held_paths = {str(p) for p in list(request.image_rephrase) + list(request.m_loc)}
+    edit_image = image_hash(image)
+    edit_prompt = norm_text(request.src)
 
     train = [Environment("IN", "IN", [edit])]
-    se_text = [Sample(q, request.alt, image) for q in request.train_rephrase if q not in held_prompts]
+    se_text = [Sample(q, request.alt, image) for q in request.train_rephrase if norm_text(q) not in held_prompts]
     if se_text:
         train.append(Environment("SE/text", "SE", se_text))
-    se_images = [load_image(p, image_root) for p in request.train_image_rephrase]
+    se_images = [load_image(p, image_root) for p in request.train_image_rephrase if str(p) not in held_paths]
+    se_images = [im for im in se_images if image_hash(im) not in held_images]
     se_images += [augment_image(image, rng) for _ in range(config.n_image_aug)]
     if se_images:
         train.append(Environment("SE/image", "SE", [Sample(request.src, request.alt, im) for im in se_images]))
 
-    usable = [
-        s for s in locality_pool
-        if s.prompt not in held_prompts and not _mentions(s.prompt, request.subject)
-        and not _mentions(s.target, request.subject)
-    ]
+    def out_ok(s: Sample) -> bool:
+        text = norm_text(s.prompt)
+        if text in held_prompts or _mentions(s.prompt, request.subject) or _mentions(s.target, request.subject):
+            return False
+        h = image_hash(s.image)
+        if h is None:
+            return text != edit_prompt  # the edit's own prompt, text-only
+        return h not in held_images and h != edit_image  # held-out image, or the edit's own image
+
+    usable = [s for s in locality_pool if out_ok(s)]
     text_pool = [s for s in usable if s.image is None]
     image_pool = [s for s in usable if s.image is not None]
     out_text = _pick_out(text_pool, config.n_out_text, edit, config.out_selection, rng)

@@ -1,7 +1,10 @@
-"""Scoring an edit on its held-out probes with the EasyEdit definitions of `odedit.metrics`.
+"""Scoring an edit on its held-out probes with the definitions of `odedit.metrics`.
 
 Pre-edit logits of the locality probes are kept so post-edit agreement can be measured;
-every score is computed under no_grad in batches per probe kind.
+every score is computed under no_grad in batches per probe kind. Locality is scored under BOTH
+named protocols: ``answer`` (`t_locality`, `m_locality`) and ``easyedit`` (whole sequence,
+last-L aligned: `t_locality_easyedit`, `m_locality_easyedit`). Rel/Gen use EasyEdit's token
+accuracy, or exact match with `rel_gen_scorer="exact_match"`.
 """
 
 from __future__ import annotations
@@ -11,17 +14,18 @@ from dataclasses import dataclass
 import torch
 
 from odedit.environments import HeldOut
-from odedit.metrics import EditScores, locality_agreement, token_accuracy
+from odedit.metrics import (M_LOC_K, T_LOC_K, EditScores, exact_match, locality_answer_positions,
+                            locality_easyedit, token_accuracy)
 from odedit.models.adapter import MLLMAdapter, Sample
 
-T_LOC_K = 1  # EasyEdit: top-1 agreement for text locality
-M_LOC_K = 10  # EasyEdit: ordered top-10 agreement for multimodal locality
+SCORERS = {"token_acc": token_accuracy, "exact_match": exact_match}
 
 
 @dataclass
 class ProbeLogits:
     logits: torch.Tensor
     labels: torch.Tensor
+    mask: torch.Tensor | None = None  # attention mask (real positions), for protocol easyedit
 
 
 @torch.no_grad()
@@ -29,12 +33,13 @@ def probe_logits(adapter: MLLMAdapter, samples: list[Sample]) -> ProbeLogits | N
     if not samples:
         return None
     enc = adapter.encode(samples)
-    return ProbeLogits(adapter.logits(enc).cpu(), enc.labels.cpu())
+    mask = enc.inputs.get("attention_mask") if isinstance(enc.inputs, dict) else None
+    return ProbeLogits(adapter.logits(enc).cpu(), enc.labels.cpu(), None if mask is None else mask.cpu())
 
 
-def accuracy(adapter: MLLMAdapter, samples: list[Sample]) -> float | None:
+def accuracy(adapter: MLLMAdapter, samples: list[Sample], scorer: str = "token_acc") -> float | None:
     pl = probe_logits(adapter, samples)
-    return None if pl is None else float(token_accuracy(pl.logits, pl.labels).mean())
+    return None if pl is None else float(SCORERS[scorer](pl.logits, pl.labels).mean())
 
 
 @dataclass
@@ -46,29 +51,40 @@ class Baseline:
     m_loc: ProbeLogits | None
 
 
-def baseline(adapter: MLLMAdapter, held: HeldOut) -> Baseline:
+def baseline(adapter: MLLMAdapter, held: HeldOut, rel_gen_scorer: str = "token_acc") -> Baseline:
     scores = EditScores(
-        reliability=accuracy(adapter, held.reliability),
-        t_generality=accuracy(adapter, held.t_gen),
-        m_generality=accuracy(adapter, held.m_gen),
+        reliability=accuracy(adapter, held.reliability, rel_gen_scorer),
+        t_generality=accuracy(adapter, held.t_gen, rel_gen_scorer),
+        m_generality=accuracy(adapter, held.m_gen, rel_gen_scorer),
         t_locality=1.0 if held.t_loc else None,
         m_locality=1.0 if held.m_loc else None,
+        t_locality_easyedit=1.0 if held.t_loc else None,
+        m_locality_easyedit=1.0 if held.m_loc else None,
+        rel_gen_scorer=rel_gen_scorer,
     )
     return Baseline(scores, probe_logits(adapter, held.t_loc), probe_logits(adapter, held.m_loc))
 
 
-def _agreement(adapter: MLLMAdapter, samples: list[Sample], pre: ProbeLogits | None, k: int) -> float | None:
+def _agreement(adapter: MLLMAdapter, samples: list[Sample], pre: ProbeLogits | None,
+               k: int) -> tuple[float | None, float | None]:
+    """(protocol answer, protocol easyedit) locality of one probe kind."""
     if pre is None:
-        return None
+        return None, None
     post = probe_logits(adapter, samples)
-    return float(locality_agreement(pre.logits, post.logits, pre.labels, k).mean())
+    answer = float(locality_answer_positions(pre.logits, post.logits, pre.labels, k).mean())
+    easy = float(locality_easyedit(pre.logits, post.logits, k, pre.mask, post.mask).mean())
+    return answer, easy
 
 
-def score(adapter: MLLMAdapter, held: HeldOut, before: Baseline) -> EditScores:
+def score(adapter: MLLMAdapter, held: HeldOut, before: Baseline, rel_gen_scorer: str | None = None) -> EditScores:
+    scorer = rel_gen_scorer or before.scores.rel_gen_scorer
+    t_ans, t_easy = _agreement(adapter, held.t_loc, before.t_loc, T_LOC_K)
+    m_ans, m_easy = _agreement(adapter, held.m_loc, before.m_loc, M_LOC_K)
     return EditScores(
-        reliability=accuracy(adapter, held.reliability),
-        t_generality=accuracy(adapter, held.t_gen),
-        m_generality=accuracy(adapter, held.m_gen),
-        t_locality=_agreement(adapter, held.t_loc, before.t_loc, T_LOC_K),
-        m_locality=_agreement(adapter, held.m_loc, before.m_loc, M_LOC_K),
+        reliability=accuracy(adapter, held.reliability, scorer),
+        t_generality=accuracy(adapter, held.t_gen, scorer),
+        m_generality=accuracy(adapter, held.m_gen, scorer),
+        t_locality=t_ans, m_locality=m_ans,
+        t_locality_easyedit=t_easy, m_locality_easyedit=m_easy,
+        rel_gen_scorer=scorer,
     )

@@ -1,8 +1,9 @@
 """Where ODEdit's OUT (locality) training probes come from.
 
 For the embedded model the seeded world it was pretrained on supplies unrelated facts; for any
-other model, the batch's other edit prompts with the model's own current answers are used.
-Neither source is ever a request's held-out probe (`odedit.environments` filters those)."""
+other model, the batch's OTHER edit prompts (never the request's own, nor those of requests
+about the same subject) with the model's own current answers are used. Neither source is ever
+a request's held-out probe (`odedit.environments` filters those by text and image content)."""
 
 from __future__ import annotations
 
@@ -35,13 +36,21 @@ def locality_pool_for(
     world = world_of(model_ref) if Path(str(model_ref)).is_dir() else None
     if world is not None:
         return lambda req: world.locality_pool(POOL_SIZE, req.subject or "", seed=seed)
-    from odedit.environments import load_image
+    from odedit.editing import subject_of
+    from odedit.environments import load_image, request_hash
 
-    pool = []
+    pool: list[tuple[str, str | None, Sample]] = []  # (request hash, subject, probe)
     for req in requests:
         image = load_image(req.image, image_root)
-        pool.append(Sample(req.src, adapter.answer(req.src, image, max_new_tokens=4) or req.alt, image))
-    return pool
+        sample = Sample(req.src, adapter.answer(req.src, image, max_new_tokens=4) or req.alt, image)
+        pool.append((request_hash(req), subject_of(req), sample))
+
+    def for_request(req: EditRequest) -> list[Sample]:
+        """The batch's probes minus this request's own and those about its subject."""
+        own, subj = request_hash(req), subject_of(req)
+        return [s for h, sub, s in pool if h != own and not (subj and sub and sub.lower() == subj.lower())]
+
+    return for_request
 
 
 def world_preservation(world, views_per_kind: int = 4, phrasings_per_kind: int = 4, seed: int = 0):

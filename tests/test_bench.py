@@ -81,8 +81,9 @@ def test_tiny_grid_on_embedded_model(adapter, embedded_dir, world, tmp_path):
 
     summary = report.summarise(rows)
     header, body = report.table_rows(summary)
-    assert header == ["method", "setting", "seeds", "Rel", "T-Gen", "M-Gen", "T-Loc", "M-Loc", "Retention",
-                      "s/edit", "steps", "peak MB", "delta KB"]
+    assert header == ["method", "setting", "seeds", "Rel", "T-Gen", "M-Gen", "T-Loc@answer", "M-Loc@answer",
+                      "T-Loc@easyedit", "M-Loc@easyedit", "Retention", "s/edit", "steps", "peak MB", "delta KB"]
+    assert all(r.t_locality_easyedit is not None and r.m_locality_easyedit is not None for r in rows)
     assert len(body) == 2 and all(len(r) == len(header) for r in body)
     assert report.rich_table(summary).row_count == 2
 

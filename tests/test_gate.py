@@ -68,3 +68,19 @@ def test_default_gate_has_retention_floors():
     cfg = load_gate_config()
     assert cfg.min_batch_retention == 0.95 and cfg.min_prior_retention == 0.95
     assert cfg.max_regression_fraction == 0.05
+
+
+def test_gate_names_its_locality_protocol_and_logs_both():
+    cfg = load_gate_config()
+    assert cfg.locality_protocol == "answer"  # explicit in configs/gate.yaml
+    # EasyEdit's whole-sequence M-Loc is far lower than the answer variant on the same edits
+    r = rec("a", m_locality=0.94, m_locality_easyedit=0.54, t_locality_easyedit=0.6)
+    v = evaluate_gate([r], cfg)
+    assert v.passed and v.locality_protocol == "answer"
+    assert v.metrics["final.m_locality"] == 0.94
+    assert v.metrics["final.m_locality/answer"] == 0.94 and v.metrics["final.m_locality/easyedit"] == 0.54
+    strict = GateConfig(aggregate={"m_locality": 0.7}, locality_protocol="easyedit")
+    v = evaluate_gate([r], strict)
+    assert not v.passed and "m_locality@easyedit" in v.reasons[0] and v.metrics["final.m_locality"] == 0.54
+    with pytest.raises(ValueError):
+        GateConfig(locality_protocol="whole")

@@ -41,3 +41,37 @@ def test_mmd_zero_for_same_samples_positive_for_shifted_and_twice_differentiable
     (g,) = torch.autograd.grad(m, y, create_graph=True)
     g.abs().sum().backward()  # second order works (cdist's would not)
     assert y.grad is not None
+
+
+def test_kl_all_positions_masks_padding():
+    # row 0: 3 real tokens + 2 pads. Real positions are identical pre/post (KL 0); pads differ.
+    torch.manual_seed(0)
+    pre = torch.randn(1, 5, 7)
+    post = pre.clone()
+    post[0, 3:] = torch.randn(2, 7) * 5  # logits at padded positions 3, 4 differ
+    labels = torch.tensor([[-100, -100, 1, -100, -100]])
+    mask = torch.tensor([[1, 1, 1, 0, 0]])
+    assert losses.kl(post, pre, labels, positions="all", attention_mask=mask).item() < 1e-6
+    # without masking, the padded position 3 would dominate: (0 + 0 + 0 + kl_3) / 4 > 0
+    unmasked = losses.kl(post, pre, labels, positions="all", attention_mask=torch.ones(1, 5))
+    assert unmasked.item() > 0.1
+    try:
+        losses.kl(post, pre, labels, positions="all")
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("positions='all' without an attention mask must be refused")
+
+
+def test_mmd_bandwidth_consistent_with_dR_dw():
+    # w scales the states (IRM dummy). With the bandwidth in the graph, mmd2(w x, w y) does not
+    # depend on w, and autograd agrees (dR/dw = 0); detaching it gives a nonzero dR/dw that is
+    # not the derivative of the function computed.
+    torch.manual_seed(1)
+    x, y = torch.randn(5, 4), torch.randn(6, 4) + 1.0
+    for bw, zero in (("differentiable", True), ("detached", False)):
+        w = torch.ones((), requires_grad=True)
+        (g,) = torch.autograd.grad(losses.mmd2(x * w, y * w, bandwidth=bw), w)
+        assert (abs(g.item()) < 1e-5) == zero, (bw, g.item())
+    a = losses.mmd2(x * 2.0, y * 2.0).item()
+    assert abs(a - losses.mmd2(x, y).item()) < 1e-5  # finite check: scale-invariant value

@@ -127,21 +127,23 @@ def test_retention_is_mean_reliability_after_all_edits():
 def test_edit_scores_and_aggregate_ignore_none():
     a = EditScores(reliability=1.0, t_generality=0.5, t_locality=1.0)
     b = EditScores(reliability=0.5, t_generality=0.0, m_generality=1.0, t_locality=0.0)
-    assert a.to_dict() == {"reliability": 1.0, "t_generality": 0.5, "m_generality": None,
-                           "t_locality": 1.0, "m_locality": None}
+    assert {k: a.to_dict()[k] for k in metrics.SCORE_FIELDS} == {
+        "reliability": 1.0, "t_generality": 0.5, "m_generality": None, "t_locality": 1.0,
+        "m_locality": None, "t_locality_easyedit": None, "m_locality_easyedit": None}
     agg = aggregate([a, b])
     assert agg["reliability"] == pytest.approx(0.75)
     assert agg["t_generality"] == pytest.approx(0.25)
     assert agg["m_generality"] == 1.0  # only b has it
     assert agg["m_locality"] is None
-    assert set(agg) == set(a.to_dict())
+    assert set(agg) == set(metrics.SCORE_FIELDS)
     with pytest.raises(ValueError):
         EditScores(reliability=1.5)
     assert not math.isnan(agg["t_locality"])
 
 
 def test_matches_easyedit_formulas_on_a_batch_of_one():
-    """EasyEdit's own expressions (one example per batch) give the same numbers on random logits."""
+    """EasyEdit's accuracy expression, and the ANSWER-position locality variant (protocol
+    "answer", LiveEdit-style), on random logits (one example per batch)."""
     g = torch.Generator().manual_seed(0)
     pre, post = torch.randn(2, 1, 7, 20, generator=g)
     post = pre + 0.3 * post
@@ -157,3 +159,90 @@ def test_matches_easyedit_formulas_on_a_batch_of_one():
         ee_loc = (top[0] == top[1]).float().mean()
         assert 0.0 < ee_loc < 1.0 or k == 1  # a non-trivial value for the top-10 case
         assert locality_agreement(pre, post, labels, k).item() == pytest.approx(ee_loc.item())
+
+
+# ---------------------------------------------------------------- protocol "easyedit"
+# zjunlp/EasyEdit `easyeditor/util/vl_utils.py::topk_token_match` (called from
+# `easyeditor/editors/multimodal_editor.py` for locality_acc k=1 and multimodal_locality_acc
+# k=10): keep the LAST L = min(T_pre, T_post) positions of both, top-k indices of raw logits,
+# element-wise equality of the flattened index tensors, mean over all slots.
+
+def test_easyedit_whole_sequence_not_answer_positions():
+    # 4 positions, labels only at the last one (answer slot = shifted position 2).
+    pre = argmax_logits([0, 1, 2, 3], 5)[None]
+    post = argmax_logits([4, 4, 2, 3], 5)[None]  # prompt positions 0, 1 changed, answer kept
+    labels = torch.tensor([[X, X, X, 3]])
+    # answer protocol scores only shifted position 2 (argmax 2 == 2): 1.0
+    assert metrics.locality_answer_positions(pre, post, labels, 1).item() == 1.0
+    # easyedit compares every position (image and prompt too): 2 of 4 agree = 0.5
+    assert metrics.topk_token_match(pre, post, 1).item() == pytest.approx(0.5)
+    assert metrics.locality_easyedit(pre, post, 1).tolist() == pytest.approx([0.5])
+
+
+def test_easyedit_last_L_alignment_with_differing_lengths():
+    # pre has 5 positions, post 3: EasyEdit keeps pre[-3:] against post[:] (L = 3).
+    pre = argmax_logits([9, 9, 1, 2, 3], 10)[None]
+    post = argmax_logits([1, 7, 3], 10)[None]
+    # pairs (1,1) yes, (2,7) no, (3,3) yes -> 2/3; aligning from the start would give 0/3.
+    assert metrics.topk_token_match(pre, post, 1).item() == pytest.approx(2 / 3)
+    assert metrics.topk_token_match(post, pre, 1).item() == pytest.approx(2 / 3)  # symmetric in L
+
+
+def test_easyedit_ordered_topk_and_mean_over_all_slots():
+    # one position, vocab 4, k=3: pre order [0,1,2,...], post [1,0,2,...]: ranks 0,1 swapped
+    # -> slots (0 vs 1) no, (1 vs 0) no, (2 vs 2) yes = 1/3 (a set comparison would give 1).
+    pre = ranked_logits([[0, 1, 2, 3]])[None]
+    post = ranked_logits([[1, 0, 2, 3]])[None]
+    assert metrics.topk_token_match(pre, post, 3).item() == pytest.approx(1 / 3)
+    # a second, identical position: 4 of 6 slots agree (mean over ALL (position, rank) slots).
+    pre2 = torch.cat([pre, ranked_logits([[3, 2, 1, 0]])[None]], dim=1)
+    post2 = torch.cat([post, ranked_logits([[3, 2, 1, 0]])[None]], dim=1)
+    assert metrics.topk_token_match(pre2, post2, 3).item() == pytest.approx(4 / 6)
+    assert metrics.topk_token_match(pre2, post2, 99).item() == pytest.approx(6 / 8)  # k clamped to V=4
+
+
+def test_easyedit_batch_strips_padding_per_row():
+    # row 0: 3 real positions then 2 pads; row 1: 5 real. Pads disagree but must not count.
+    pre = torch.stack([argmax_logits([1, 2, 3, 0, 0], 5), argmax_logits([1, 1, 1, 1, 1], 5)])
+    post = torch.stack([argmax_logits([1, 2, 4, 3, 3], 5), argmax_logits([1, 1, 1, 1, 2], 5)])
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    per = metrics.locality_easyedit(pre, post, 1, mask, mask)
+    assert per.tolist() == pytest.approx([2 / 3, 4 / 5])
+    # row 0 alone, unpadded, as EasyEdit (batch size 1) computes it: the same number
+    assert metrics.topk_token_match(pre[:1, :3], post[:1, :3], 1).item() == pytest.approx(per[0].item())
+    # with differently padded pre/post of one row (e.g. an in-context prefix): last-L on real tokens
+    post_long = torch.cat([argmax_logits([4, 4], 5), argmax_logits([1, 2, 3], 5)])[None]
+    v = metrics.locality_easyedit(pre[:1], post_long, 1, mask[:1], torch.ones(1, 5))
+    assert v.item() == pytest.approx(1.0)
+
+
+def test_protocols_differ_on_the_same_edit():
+    # the edit changes prompt positions only: answer protocol 1.0, easyedit protocol lower.
+    pre = ranked_logits([[0, 1, 2], [0, 1, 2], [2, 1, 0]])[None]
+    post = ranked_logits([[1, 0, 2], [0, 1, 2], [2, 1, 0]])[None]
+    labels = torch.tensor([[X, X, 0]])
+    assert metrics.locality_answer_positions(pre, post, labels, 2).item() == 1.0
+    assert metrics.locality_easyedit(pre, post, 2).item() == pytest.approx(4 / 6)
+
+
+def test_exact_match_option():
+    logits = torch.stack([argmax_logits(A_ARGMAX, 5), argmax_logits(B_ARGMAX, 5)])
+    labels = torch.tensor([A_LABELS, B_LABELS])
+    assert metrics.exact_match(logits, labels).tolist() == [0.0, 1.0]  # A has 2/3 tokens right
+
+
+def test_scores_carry_their_protocol():
+    s = EditScores(reliability=1.0, t_locality=0.9, m_locality=0.94, t_locality_easyedit=0.8,
+                   m_locality_easyedit=0.54)
+    d = s.to_dict()
+    assert d["tagged"]["t_locality@answer"] == 0.9 and d["tagged"]["t_locality@easyedit"] == 0.8
+    assert d["tagged"]["m_locality@easyedit"] == 0.54 and d["tagged"]["reliability@easyedit"] == 1.0
+    assert d["metric_meta"]["m_locality"] == {"protocol": "answer", "scorer": "top10_ordered_match",
+                                              "comparable_group": "answer/top10_ordered_match"}
+    assert d["metric_meta"]["m_locality_easyedit"]["protocol"] == "easyedit"
+    em = EditScores(reliability=0.0, rel_gen_scorer="exact_match").to_dict()
+    assert em["metric_meta"]["reliability"]["scorer"] == "exact_match"
+    assert "reliability@easyedit-em" in em["tagged"]
+    assert metrics.tagged({"t_locality_easyedit": 0.5}, sep="/", prefix="post.") == {"post.t_locality/easyedit": 0.5}
+    agg = aggregate([s, EditScores(t_locality_easyedit=0.6)])
+    assert agg["t_locality_easyedit"] == pytest.approx(0.7)

@@ -168,6 +168,37 @@ def test_locality_probe_overlapping_the_subject(root):
                               [root], LIMITS).rejected
 
 
+def test_edit_prompt_on_another_subjects_image_is_a_valid_locality_probe(root):
+    Image.new("RGB", (16, 16), (10, 10, 200)).save(root / "other.png")
+    Image.new("RGB", (16, 16), (200, 10, 10)).save(root / "copy.png")  # ok.png's content, other name
+    src = "What colour is object 1?"
+    # the classic hard negative: same question, ANOTHER subject's image -> accepted
+    res = validate_batch([req(1, subject="cube", m_loc=["other.png"], m_loc_q=[src], m_loc_a=["blue"])],
+                         [root], LIMITS)
+    assert not res.rejected and res.accepted[0].m_loc_q == [src]
+    # the same question on the edit image itself -> about the subject
+    rej = check_one(req(1, m_loc=["ok.png"], m_loc_q=[src], m_loc_a=["red"]), root)
+    assert (rej.reason, rej.field) == ("locality_overlaps_subject", "m_loc_q")
+    # any question on a picture with the edit image's CONTENT (renamed copy) -> about the subject
+    rej = check_one(req(1, m_loc=["other.png", "copy.png"], m_loc_q=["What is it?", "Is it big?"],
+                        m_loc_a=["a", "b"]), root)
+    assert (rej.reason, rej.field) == ("locality_overlaps_subject", "m_loc[1]")
+
+
+def test_cross_row_checks_only_among_rows_that_passed(root):
+    # r0 is good; a broken row sharing its id / asking a contradicting target must not drag it down
+    res = validate_batch([req(0), req(1, id="r0", alt="")], [root], LIMITS)
+    assert [a.id for a in res.accepted] == ["r0"]
+    assert [(r.row_index, r.reason) for r in res.rejected] == [(1, "empty_field")]
+    res = validate_batch([req(0), req(1, src="What colour is object 0?", alt="blue", image_rephrase=["gone.png"])],
+                         [root], LIMITS)
+    assert [a.id for a in res.accepted] == ["r0"]
+    assert [r.reason for r in res.rejected] == ["image_missing"]
+    # among good rows the checks still apply
+    res = validate_batch([req(0), req(1, src="What colour is object 0?", alt="blue")], [root], LIMITS)
+    assert {r.row_id: r.reason for r in res.rejected} == {"r0": "contradictory_edit", "r1": "contradictory_edit"}
+
+
 # ----------------------------------------------------------------------------- images
 def test_image_missing(root):
     rej = check_one(req(1, image="nope.png"), root)
@@ -293,7 +324,8 @@ def test_all_good_batch_writes_empty_quarantine(root, tmp_path):
 def test_mmedit_file_with_missing_keys(root, tmp_path):
     rec = {"src": "What is shown?", "pred": "cat", "rephrase": "What does it show?", "alt": "dog",
            "image": "ok.png", "image_rephrase": "ok.png", "loc": "who wrote hamlet", "loc_ans": "shakespeare",
-           "m_loc": "ok.png", "m_loc_q": "What colour?", "m_loc_a": "red"}
+           "m_loc": "m.png", "m_loc_q": "What colour?", "m_loc_a": "red"}
+    Image.new("RGB", (16, 16), (10, 200, 10)).save(root / "m.png")  # another picture than the edit's
     p = tmp_path / "E-VQA_eval.json"
     p.write_text(json.dumps([rec, {k: v for k, v in rec.items() if k != "alt"},
                              {k: v for k, v in rec.items() if k not in ("loc", "m_loc_q")}]))

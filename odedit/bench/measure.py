@@ -27,11 +27,12 @@ from odedit.delta import AppliedDelta, remove_delta, snapshot
 from odedit.editing import run_edits
 from odedit.editors.registry import BASE_EDITORS
 from odedit.environments import HeldOut, build_environments
-from odedit.metrics import EditScores, token_accuracy
+from odedit.metrics import EditScores, locality_easyedit, token_accuracy
 from odedit.models.adapter import MLLMAdapter, Sample
 from schemas.request import EditRequest
 
-METRICS = ("reliability", "t_generality", "m_generality", "t_locality", "m_locality")
+METRICS = ("reliability", "t_generality", "m_generality", "t_locality", "m_locality")  # locality: protocol answer
+EASYEDIT_METRICS = ("t_locality_easyedit", "m_locality_easyedit")  # locality: protocol easyedit
 
 
 # ----------------------------------------------------------------------------- memory
@@ -211,6 +212,8 @@ class Row:
     m_generality: float | None = None
     t_locality: float | None = None
     m_locality: float | None = None
+    t_locality_easyedit: float | None = None  # EasyEdit's whole-sequence protocol (odedit.metrics)
+    m_locality_easyedit: float | None = None
     retention: float | None = None  # sequential: reliability of all T edits after the T-th
     seconds_per_edit: float | None = None
     steps: float | None = None
@@ -227,7 +230,7 @@ def _mean(xs) -> float | None:
 
 
 def _fill_scores(row: Row, scores: Sequence[EditScores]) -> None:
-    for m in METRICS:
+    for m in METRICS + EASYEDIT_METRICS:
         setattr(row, m, _mean(getattr(s, m) for s in scores))
 
 
@@ -339,13 +342,14 @@ def _icl_scores(adapter, memory, held: HeldOut, before) -> EditScores:
 
     def agree(samples, pre, k):
         if not samples or pre is None:
-            return None
-        return _aligned_agreement(pre, evaluate.probe_logits(adapter, _with_context(memory, samples)),
-                                  min(k, pre.logits.shape[-1]))
+            return None, None
+        post = evaluate.probe_logits(adapter, _with_context(memory, samples))
+        easy = locality_easyedit(pre.logits, post.logits, k, pre.mask, post.mask)  # last-L aligned
+        return _aligned_agreement(pre, post, min(k, pre.logits.shape[-1])), float(easy.mean())
 
-    return EditScores(acc(held.reliability), acc(held.t_gen), acc(held.m_gen),
-                      agree(held.t_loc, before.t_loc, evaluate.T_LOC_K),
-                      agree(held.m_loc, before.m_loc, evaluate.M_LOC_K))
+    t_ans, t_easy = agree(held.t_loc, before.t_loc, evaluate.T_LOC_K)
+    m_ans, m_easy = agree(held.m_loc, before.m_loc, evaluate.M_LOC_K)
+    return EditScores(acc(held.reliability), acc(held.t_gen), acc(held.m_gen), t_ans, m_ans, t_easy, m_easy)
 
 
 def _run_icl(adapter, spec, seed, requests, image_root, grid, cfg, on_edit) -> list[Row]:

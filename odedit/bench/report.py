@@ -16,15 +16,24 @@ import statistics
 from pathlib import Path
 from typing import Sequence
 
-from odedit.bench.measure import METRICS, PerfResult, Row
+from odedit.bench.measure import EASYEDIT_METRICS, METRICS, PerfResult, Row
+from odedit.metrics import metric_meta, tagged_name
 
-COLUMNS = METRICS + ("retention", "seconds_per_edit", "steps", "peak_mem_mb", "delta_kb")
+COLUMNS = METRICS + EASYEDIT_METRICS + ("retention", "seconds_per_edit", "steps", "peak_mem_mb", "delta_kb")
 LABELS = {
-    "reliability": "Rel", "t_generality": "T-Gen", "m_generality": "M-Gen", "t_locality": "T-Loc",
-    "m_locality": "M-Loc", "retention": "Retention", "seconds_per_edit": "s/edit", "steps": "steps",
+    "reliability": "Rel", "t_generality": "T-Gen", "m_generality": "M-Gen", "t_locality": "T-Loc@answer",
+    "m_locality": "M-Loc@answer", "t_locality_easyedit": "T-Loc@easyedit",
+    "m_locality_easyedit": "M-Loc@easyedit", "retention": "Retention", "seconds_per_edit": "s/edit", "steps": "steps",
     "peak_mem_mb": "peak MB", "delta_kb": "delta KB",
 }
-PERCENT = set(METRICS) | {"retention"}
+PERCENT = set(METRICS) | set(EASYEDIT_METRICS) | {"retention"}
+SCORED = METRICS + EASYEDIT_METRICS
+
+
+def mlflow_metric_name(col: str) -> str:
+    """Score columns carry their protocol (`t_locality/easyedit`, `t_locality/answer`,
+    `reliability/easyedit`); MLflow rejects '@', so '/' separates."""
+    return tagged_name(col, sep="/") if col in SCORED else col
 
 
 def summarise(rows: Sequence[Row]) -> list[dict]:
@@ -291,12 +300,14 @@ def log_mlflow(out: Path, meta: dict, rows: Sequence[Row], perf: Sequence[PerfRe
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=f"bench-{meta.get('grid', 'custom')}") as run:
         mlflow.log_params({_key(k): str(v)[:500] for k, v in meta.items()})
+        mlflow.log_params({_key(f"metric_meta.{mlflow_metric_name(c)}"): m.comparable_group
+                           for c, m in metric_meta().items()})
         metrics = {}
         for e in summarise(rows) if rows else []:
             tag = f"{e['method']}.{'single' if e['mode'] == 'single' else 'T' + str(e['T'])}"
             for c in COLUMNS:
                 if e[c] is not None and math.isfinite(e[c]):
-                    metrics[_key(f"{tag}.{c}")] = e[c]
+                    metrics[_key(f"{tag}.{mlflow_metric_name(c)}")] = e[c]
         for r in perf or []:
             metrics[_key(f"perf.{r.method}.step_ms")] = r.step_ms_median
             metrics[_key(f"perf.{r.method}.edit_s")] = r.edit_s

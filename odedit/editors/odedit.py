@@ -98,7 +98,8 @@ class ODEditObjective:
                 lab = labels[er.group]
                 if kind == "OUT":
                     k = losses.kl(logits[er.rows], self.pre_logits[er.group][er.rows], lab[er.rows],
-                                  cfg.kl_direction, cfg.kl_positions)
+                                  cfg.kl_direction, cfg.kl_positions,
+                                  self.batch.encoded[er.group].inputs["attention_mask"][er.rows])
                     risk = risk + cfg.w_loc * k.mean()
                     continue
                 if kind == "KEEP":  # lifelong replay (PRODUCT): earlier edits keep their targets
@@ -115,7 +116,7 @@ class ODEditObjective:
                 else:
                     risk = risk + cfg.w_se_nll * n
                     if cfg.w_gen and in_states is not None and len(states):
-                        risk = risk + cfg.w_gen * losses.mmd2(in_states, states, cfg.mmd_scales)
+                        risk = risk + cfg.w_gen * losses.mmd2(in_states, states, cfg.mmd_scales, cfg.mmd_bandwidth)
             risks[kind].append(risk)
             env_risks.append(risk)
         total = sum(torch.stack(v).mean() for v in risks.values() if v)

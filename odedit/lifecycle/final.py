@@ -109,8 +109,11 @@ def score_final(adapter, batch: Sequence[BatchItem], batch_image_root: str | Pat
     m = out.metrics
     m["batch_retention"] = _mean(s["reliability"] for s in out.batch.values())
     m["prior_retention"] = _mean(p["reliability"] for p in out.prior.values() if p["status"] != "superseded")
-    for name in SCORES:
+    for name in SCORES:  # locality here: protocol "answer"; EasyEdit's protocol tagged below
         m[f"final.{name}"] = _mean(s.get(name) for s in out.batch.values())
+    for name in ("t_locality", "m_locality"):
+        m[f"final.{name}/answer"] = m[f"final.{name}"]
+        m[f"final.{name}/easyedit"] = _mean(s.get(f"{name}_easyedit") for s in out.batch.values())
     m["regression.changed_fraction"] = out.regression["changed_fraction"]
     for st in ("holds", "lost", "superseded"):
         m[f"prior.{st}"] = float(sum(1 for p in out.prior.values() if p["status"] == st))

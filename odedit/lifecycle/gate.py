@@ -26,6 +26,16 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 SCORES = ("reliability", "t_generality", "m_generality", "t_locality", "m_locality")
+# Locality protocol the thresholds apply to (odedit.metrics): "answer" (answer positions; the
+# default, what the thresholds were set on) or "easyedit" (EasyEdit's whole-sequence, last-L
+# aligned top-k match; ~54 % M-Loc where "answer" gives ~94 % on the same edits). Both are
+# always computed and reported; only the named one is gated.
+LOCALITY_SCORES = ("t_locality", "m_locality")
+
+
+def score_key(name: str, protocol: str) -> str:
+    """The record key holding score `name` under locality protocol `protocol`."""
+    return f"{name}_easyedit" if protocol == "easyedit" and name in LOCALITY_SCORES else name
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "gate.yaml"
 
 
@@ -37,8 +47,11 @@ class GateConfig:
     min_ok_edits: int = 1  # fewer successful edits than this fails the gate
     min_batch_retention: float = 0.0  # mean final-model reliability of this batch's edits >=
     min_prior_retention: float = 0.0  # mean final-model reliability of earlier live edits >=
+    locality_protocol: str = "answer"  # which locality protocol the thresholds apply to
 
     def __post_init__(self):
+        if self.locality_protocol not in ("answer", "easyedit"):
+            raise ValueError(f"locality_protocol must be 'answer' or 'easyedit', got {self.locality_protocol!r}")
         for name in ("min_batch_retention", "min_prior_retention", "max_regression_fraction"):
             v = float(getattr(self, name))
             if not 0.0 <= v <= 1.0:
@@ -154,6 +167,7 @@ class GateVerdict:
     edits_ok: int = 0
     edits_failed: int = 0
     regression: dict | None = None
+    locality_protocol: str = "answer"  # the protocol of the gated t_locality / m_locality
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -182,27 +196,33 @@ def evaluate_gate(records: list[Mapping], cfg: GateConfig, regression: dict | No
     ok = [r for r in records if r.get("status") == "ok"]
     reasons: list[str] = []
     metrics: dict[str, float | None] = {}
-    for name in SCORES:
-        fin = [_num(_gated(r).get(name)) for r in ok]
-        fin = [v for v in fin if v is not None]
-        metrics[f"final.{name}"] = math.fsum(fin) / len(fin) if fin else None
-        vals = [_num((r.get("post") or {}).get(name)) for r in ok]
+    proto = cfg.locality_protocol
+
+    def mean(key: str, pick) -> float | None:
+        vals = [_num(pick(r).get(key)) for r in ok]
         vals = [v for v in vals if v is not None]
-        metrics[f"post.{name}"] = math.fsum(vals) / len(vals) if vals else None
-        pre = [_num((r.get("pre") or {}).get(name)) for r in ok]
-        pre = [v for v in pre if v is not None]
-        metrics[f"pre.{name}"] = math.fsum(pre) / len(pre) if pre else None
+        return math.fsum(vals) / len(vals) if vals else None
+
+    for name in SCORES:  # `final.<name>` = the gated value (locality under `proto`)
+        key = score_key(name, proto)
+        metrics[f"final.{name}"] = mean(key, _gated)
+        metrics[f"post.{name}"] = mean(key, lambda r: r.get("post") or {})
+        metrics[f"pre.{name}"] = mean(key, lambda r: r.get("pre") or {})
+    for name in LOCALITY_SCORES:  # both protocols, tagged (MLflow rejects '@': '/' separates)
+        for p in ("answer", "easyedit"):
+            metrics[f"final.{name}/{p}"] = mean(score_key(name, p), _gated)
+    tag = {n: f"{n}@{proto}" if n in LOCALITY_SCORES else n for n in SCORES}
     if len(ok) < cfg.min_ok_edits:
         reasons.append(f"only {len(ok)} successful edit(s); the gate needs at least {cfg.min_ok_edits}")
     for name, floor in cfg.aggregate.items():
         v = metrics[f"final.{name}"]
         if v is not None and v < floor:
-            reasons.append(f"mean held-out {name} {v:.3f} < {floor}")
+            reasons.append(f"mean held-out {tag[name]} {v:.3f} < {floor}")
     for name, floor in cfg.per_edit.items():
         for r in ok:
-            v = _num(_gated(r).get(name))
+            v = _num(_gated(r).get(score_key(name, proto)))
             if v is not None and v < floor:
-                reasons.append(f"edit {r.get('request_id')}: held-out {name} {v:.3f} < {floor}")
+                reasons.append(f"edit {r.get('request_id')}: held-out {tag[name]} {v:.3f} < {floor}")
     fm = dict(final_metrics or {})
     for k in ("batch_retention", "prior_retention"):
         if k in fm:
@@ -220,4 +240,5 @@ def evaluate_gate(records: list[Mapping], cfg: GateConfig, regression: dict | No
             reasons.append(
                 f"{len(regression['changed'])}/{regression['checked']} champion probe answer(s) changed "
                 f"({regression['changed_fraction']:.3f} > {cfg.max_regression_fraction})")
-    return GateVerdict(not reasons, reasons, metrics, cfg.to_dict(), len(ok), len(records) - len(ok), regression)
+    return GateVerdict(not reasons, reasons, metrics, cfg.to_dict(), len(ok), len(records) - len(ok), regression,
+                       proto)

@@ -62,6 +62,7 @@ class Check:
     field_column: str | None = None  # per-row field name to blame instead of `field`
     keep_first: bool = False        # only later rows of a duplicate group are rejected
     limit: Any = None
+    cross_row: bool = False         # compares rows with each other (run on rows that passed the rest)
 
 
 def build_table(rows: Sequence[tuple[int, Mapping[str, Any]]], limits: ValidationLimits) -> pd.DataFrame:
@@ -84,11 +85,19 @@ def build_table(rows: Sequence[tuple[int, Mapping[str, Any]]], limits: Validatio
         rec["_alt_is_src"] = bool(alt_key and alt_key == src_key)
         rec["_alt_is_pred"] = bool(alt_key and alt_key == _norm(p.get("pred")))
         subject = _norm(p.get("subject"))
+        # Overlap = the probe is about the edit's subject: it mentions the subject, or (text-only
+        # loc) repeats the edit prompt, or (m_loc) repeats it on the SAME image. The edit prompt
+        # on another subject's image is the classic hard negative and is accepted; an m_loc
+        # image with the edit image's CONTENT under another path is caught in `validate`.
+        m_loc_paths = [_norm_path(x) for x in _as_list(p.get("m_loc"))]
         for probe, flag in (("loc", "_loc_overlap"), ("m_loc_q", "_m_loc_q_overlap")):
             hit = False
-            for q in _as_list(p.get(probe)):
+            for i, q in enumerate(_as_list(p.get(probe))):
                 qn = _norm(q) or ""
-                if (subject and re.search(rf"(?<!\w){re.escape(subject)}(?!\w)", qn)) or (src_key and qn == src_key):
+                repeats = bool(src_key and qn == src_key)
+                if probe == "m_loc_q":
+                    repeats = repeats and i < len(m_loc_paths) and m_loc_paths[i] == rec["_image_key"]
+                if (subject and re.search(rf"(?<!\w){re.escape(subject)}(?!\w)", qn)) or repeats:
                     hit = True
                     break
             rec[flag] = hit
@@ -124,8 +133,14 @@ def build_table(rows: Sequence[tuple[int, Mapping[str, Any]]], limits: Validatio
                 worst[pos], worst_field[pos] = float(c), probe
         df[out + "_tokens"] = worst
         df[out + "_field"] = worst_field
-    # how many distinct targets the batch asks for this row's (image, prompt)
-    if n:
+    return cross_row_columns(df)
+
+
+def cross_row_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """Columns that compare rows with each other, computed over exactly the rows of `df`:
+    how many distinct targets the batch asks for this row's (image, prompt)."""
+    df = df.copy()
+    if len(df):
         keyed = df[["_image_key", "_src_key", "_alt_key"]]
         df["_targets_per_key"] = keyed.groupby(["_image_key", "_src_key"], dropna=True)["_alt_key"] \
             .transform("nunique").astype("float")
@@ -150,7 +165,7 @@ def build_checks(limits: ValidationLimits) -> list[Check]:
                             limit=limits.max_text_chars))
     checks += [
         Check(gxe.ExpectColumnValuesToBeUnique(column="id"), "id", Reason.DUPLICATE_ID,
-              "id {value!r} occurs more than once in the batch", column="id"),
+              "id {value!r} occurs more than once in the batch", column="id", cross_row=True),
         Check(gxe.ExpectColumnValuesToBeBetween(column="_src_tokens", max_value=limits.max_prompt_tokens),
               "src", Reason.PROMPT_TOO_LONG, "prompt is {value:.0f} tokens, the model allows {limit}",
               column="_src_tokens", limit=limits.max_prompt_tokens),
@@ -171,13 +186,15 @@ def build_checks(limits: ValidationLimits) -> list[Check]:
         Check(gxe.ExpectColumnValuesToBeBetween(column="_targets_per_key", max_value=1), "alt",
               Reason.CONTRADICTORY_EDIT,
               "{value:.0f} different targets are asked for this (image, prompt) in the batch",
-              column="_targets_per_key"),
+              column="_targets_per_key", cross_row=True),
         Check(gxe.ExpectCompoundColumnsToBeUnique(column_list=["_image_key", "_src_key", "_alt_key"]), "alt",
-              Reason.DUPLICATE_REQUEST, "an earlier row asks the same (image, prompt, target)", keep_first=True),
+              Reason.DUPLICATE_REQUEST, "an earlier row asks the same (image, prompt, target)", keep_first=True,
+              cross_row=True),
         Check(gxe.ExpectColumnValuesToBeInSet(column="_loc_overlap", value_set=[False]), "loc",
               Reason.LOCALITY_OVERLAPS_SUBJECT, "a locality prompt mentions the subject or repeats the prompt"),
         Check(gxe.ExpectColumnValuesToBeInSet(column="_m_loc_q_overlap", value_set=[False]), "m_loc_q",
-              Reason.LOCALITY_OVERLAPS_SUBJECT, "a locality question mentions the subject or repeats the prompt"),
+              Reason.LOCALITY_OVERLAPS_SUBJECT,
+              "a locality question mentions the subject or repeats the prompt on the edit image"),
     ]
     for i, check in enumerate(checks):
         check.expectation.meta = {"check": i, "reason": str(check.reason), "field": check.field}
@@ -202,8 +219,11 @@ def _silence() -> None:
         _quiet = True
 
 
-def run_suite(df: pd.DataFrame, limits: ValidationLimits, suite_name: str = "odedit_edit_batch") -> SuiteOutcome:
-    """Run the suite on `df` (from `build_table`) and map unexpected rows to issues."""
+def run_suite(df: pd.DataFrame, limits: ValidationLimits, suite_name: str = "odedit_edit_batch",
+              scope: str = "all") -> SuiteOutcome:
+    """Run the suite on `df` (from `build_table`) and map unexpected rows to issues. `scope`:
+    "row" = per-row checks only, "cross" = cross-row checks only (duplicates, contradictions;
+    `validate` runs them on the rows that passed every per-row check), "all" = both."""
     _silence()
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
@@ -211,6 +231,12 @@ def run_suite(df: pd.DataFrame, limits: ValidationLimits, suite_name: str = "ode
     if df.empty:
         return SuiteOutcome(True, {"success": True, "results": [], "note": "no rows reached the table"})
     checks = build_checks(limits)
+    if scope != "all":
+        checks = [c for c in checks if c.cross_row == (scope == "cross")]
+        for i, check in enumerate(checks):
+            check.expectation.meta = {**(check.expectation.meta or {}), "check": i}
+    if scope in ("cross", "all"):
+        df = cross_row_columns(df)
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     batch_def = context.data_sources.add_pandas("requests").add_dataframe_asset("batch") \

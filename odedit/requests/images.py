@@ -156,3 +156,20 @@ class ImageChecker:
                 problem = check_image_file(real, self.max_bytes, self.max_pixels)
         self._cache[path_str] = problem
         return problem
+
+    def content_hash(self, path_str: str) -> str | None:
+        """Hash of the decoded RGB pixels of a file that passed `check` (None otherwise or
+        without decoding): same picture under another name or format, same hash."""
+        if not self.decode or self.check(path_str) is not None:
+            return None
+        key = "#hash:" + path_str
+        if key not in self._cache:
+            import hashlib
+
+            from PIL import Image
+
+            real, _ = resolve_image(path_str, self.roots)
+            with Image.open(real) as img:
+                rgb = img.convert("RGB")
+                self._cache[key] = hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
+        return self._cache[key]

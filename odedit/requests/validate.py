@@ -135,6 +135,21 @@ def _image_issues(payload: Mapping[str, Any], checker: ImageChecker) -> list[Iss
     return issues
 
 
+def _m_loc_same_image(payload: Mapping[str, Any], checker: ImageChecker) -> list[Issue]:
+    """An m_loc probe whose image has the edit image's CONTENT is about the edit's subject."""
+    edit = payload.get("image")
+    own = checker.content_hash(edit.strip()) if isinstance(edit, str) and edit.strip() else None
+    if own is None:
+        return []
+    items = payload.get("m_loc")
+    items = [items] if isinstance(items, str) else (items or [])
+    for i, p in enumerate(items):
+        if isinstance(p, str) and p.strip() and checker.content_hash(p.strip()) == own:
+            return [Issue(f"m_loc[{i}]", Reason.LOCALITY_OVERLAPS_SUBJECT,
+                          "a multimodal locality probe shows the edit image itself (same content)")]
+    return []
+
+
 _PYDANTIC_REASONS = {
     "missing": Reason.MISSING_FIELD,
     "string_too_short": Reason.EMPTY_FIELD,
@@ -219,7 +234,7 @@ def validate_batch(
     table_rows = [(r.index, r.payload) for r in raw if not issues[r.index]]
     df = build_table(table_rows, limits)
     lap("table")
-    outcome = run_suite(df, limits)
+    outcome = run_suite(df, limits, scope="row")
     lap("gx_suite")
     for idx, found in outcome.issues.items():
         issues[idx].extend(found)
@@ -228,7 +243,22 @@ def validate_batch(
         checker = ImageChecker(image_roots, limits.max_image_bytes, limits.max_image_pixels, decode=check_images)
         for idx, payload in table_rows:
             issues[idx].extend(_image_issues(payload, checker))
+            if not issues[idx]:
+                issues[idx].extend(_m_loc_same_image(payload, checker))
     lap("images")
+
+    # Cross-row checks (duplicate ids / requests, contradictions) only among rows that passed
+    # every per-row check: a broken row neither blames nor shields a good one.
+    passing = [idx for idx, _ in table_rows if not issues[idx]]
+    if passing:
+        cross = run_suite(df[df["_row"].isin(passing)], limits, suite_name="odedit_edit_batch_cross", scope="cross")
+        for idx, found in cross.issues.items():
+            issues[idx].extend(found)
+        outcome = type(outcome)(outcome.success and cross.success,
+                                {**outcome.result, "success": outcome.success and cross.success,
+                                 "results": list(outcome.result.get("results", [])) + list(cross.result.get("results", []))},
+                                outcome.issues)
+    lap("cross_row")
 
     accepted: list[EditRequest] = []
     rejected: list[RejectedRow] = []
