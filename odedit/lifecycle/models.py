@@ -1,5 +1,5 @@
 """Loading a registered model's weights: the base by reference plus the composed delta, and
-decoding pyfunc image inputs. No mlflow here; `odedit.registry_model` wraps it as a pyfunc."""
+decoding pyfunc image inputs. No mlflow here; `odedit.registry_pyfunc` wraps it as a pyfunc."""
 
 from __future__ import annotations
 
