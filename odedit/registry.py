@@ -269,7 +269,7 @@ def base_ref(client: MlflowClient, name: str) -> str:
     return client.get_registered_model(name).tags[T + "base_ref"]
 
 
-def verify_version(mv, model_dir: str | Path) -> None:
+def verify_version(mv, model_dir: str | Path, check_delta: bool = True) -> None:
     """Check a downloaded version (its model directory) against the digests in its version TAGS
     (registry database, not the artifact store) and refuse a missing or empty delta unless the
     version is the base. Raises IntegrityError. A version registered before digests existed is
@@ -285,13 +285,15 @@ def verify_version(mv, model_dir: str | Path) -> None:
     found = {k: ((integrity.digest_dir(p) if p.is_dir() else "<missing>") if k in ("delta", "ledger")
                  else (integrity.digest_file(p) if p.is_file() else "<missing>")) for k, p in parts.items()}
     integrity.compare(expected, found, what)
-    integrity.check_delta_present(arts / "delta", mv.tags.get(T + "kind"), what)
+    if check_delta:
+        integrity.check_delta_present(arts / "delta", mv.tags.get(T + "kind"), what)
 
 
 def download_model(client: MlflowClient, name: str, version: str | int, dst: str | Path,
-                   verify: bool = True) -> Path:
+                   verify: bool = True, check_delta: bool = True) -> Path:
     """The whole model directory of a version (MLmodel, code shim, artifacts/), downloaded
-    under `dst` and, unless verify=False, checked against the version's tags (IntegrityError)."""
+    under `dst` and, unless verify=False, checked against the version's tags (IntegrityError;
+    check_delta=False: digests only, a non-base version with an empty delta passes)."""
     mv = get_version(client, name, version)
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
@@ -305,7 +307,7 @@ def download_model(client: MlflowClient, name: str, version: str | int, dst: str
     finally:
         _set_uris(*prev)
     if verify:
-        verify_version(mv, path)
+        verify_version(mv, path, check_delta)
     return Path(path)
 
 

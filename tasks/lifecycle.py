@@ -123,4 +123,15 @@ def resolve_rollback(name: str, to: str | None, tracking_uri: str | None, force:
         raise PromotionRefused(f"rollback of {name} to {why}; use --force with --note to do it anyway")
     if why and not note.strip():
         raise PromotionRefused(f"rollback of {name} to {why}: --force needs a --note saying why")
+    # what becomes champion is served: its artifacts must match its registered digests (even
+    # with --force; an empty delta of a forced, ungated version is the operator's call)
+    import tempfile
+
+    from odedit.lifecycle import state
+
+    with tempfile.TemporaryDirectory(dir=state.work_dir()) as tmp:
+        try:
+            registry.download_model(client, name, target.version, tmp, check_delta=not why)
+        except registry.IntegrityError as exc:
+            raise PromotionRefused(f"rollback of {name} refused: IntegrityError: {exc}") from exc
     return {"from": champ.version, "to": target.version, "forced": bool(why)}

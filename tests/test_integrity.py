@@ -156,3 +156,10 @@ def test_empty_delta_of_an_edit_version_refused(harness, tiny_model, state):
     out = promote.fn("E", deployment="demo")
     assert out["status"] == "refused" and any("empty delta" in r for r in out["reasons"]), out
     assert registry.alias_version(c, "E", "champion").version == "1"
+    # a rollback makes what it restores served: it is verified too
+    from flows.rollback import rollback
+    from tasks.lifecycle import PromotionRefused
+
+    with pytest.raises(PromotionRefused, match="IntegrityError: .*empty delta"):
+        rollback.fn("E", to=v)
+    assert registry.alias_version(c, "E", "champion").version == "1"
