@@ -31,6 +31,8 @@ from mlflow.models.signature import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types.schema import ColSpec, Schema
 
+from odedit import integrity
+from odedit.integrity import IntegrityError  # noqa: F401  (re-exported: registry.IntegrityError)
 from odedit.lifecycle import state
 
 T = "odedit."
@@ -39,6 +41,21 @@ MODEL_CODE = Path(__file__).with_name("registry_model.py")
 SIGNATURE = ModelSignature(inputs=Schema([ColSpec("string", "image", required=False), ColSpec("string", "prompt")]),
                            outputs=Schema([ColSpec("string", "answer")]))
 PIP = ["torch==2.13.0", "transformers>=5.23,<5.24", "mlflow>=3.17,<3.18", "pillow", "pandas"]
+
+
+def odedit_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("odedit")
+    except PackageNotFoundError:
+        return None
+
+
+def pip_requirements() -> list[str]:
+    """PIP plus `odedit==<installed version>`: the logged shim imports the installed odedit."""
+    v = odedit_version()
+    return PIP + ([f"odedit=={v}"] if v else [])
 
 
 class RegistryError(RuntimeError):
@@ -252,9 +269,32 @@ def base_ref(client: MlflowClient, name: str) -> str:
     return client.get_registered_model(name).tags[T + "base_ref"]
 
 
-def download_delta(client: MlflowClient, name: str, version: str | int, dst: str | Path) -> Path:
-    """The composed delta (relative to the base) of a version, downloaded under `dst`."""
-    get_version(client, name, version)
+def verify_version(mv, model_dir: str | Path, check_delta: bool = True) -> None:
+    """Check a downloaded version (its model directory) against the digests in its version TAGS
+    (registry database, not the artifact store) and refuse a missing or empty delta unless the
+    version is the base. Raises IntegrityError. A version registered before digests existed is
+    refused too unless ODEDIT_ALLOW_UNVERIFIED=1."""
+    model_dir = Path(model_dir)
+    what = f"version {mv.version}"
+    expected = {k: mv.tags.get(T + tag) for k, tag in integrity.TAG_KEYS.items()}
+    if not any(expected.values()) and os.environ.get("ODEDIT_ALLOW_UNVERIFIED") == "1":
+        return
+    arts = model_dir / "artifacts"
+    parts = {"delta": arts / "delta", "ledger": arts / "ledger", "lineage": arts / "lineage.json",
+             "code": model_dir / MODEL_CODE.name}
+    found = {k: ((integrity.digest_dir(p) if p.is_dir() else "<missing>") if k in ("delta", "ledger")
+                 else (integrity.digest_file(p) if p.is_file() else "<missing>")) for k, p in parts.items()}
+    integrity.compare(expected, found, what)
+    if check_delta:
+        integrity.check_delta_present(arts / "delta", mv.tags.get(T + "kind"), what)
+
+
+def download_model(client: MlflowClient, name: str, version: str | int, dst: str | Path,
+                   verify: bool = True, check_delta: bool = True) -> Path:
+    """The whole model directory of a version (MLmodel, code shim, artifacts/), downloaded
+    under `dst` and, unless verify=False, checked against the version's tags (IntegrityError;
+    check_delta=False: digests only, a non-base version with an empty delta passes)."""
+    mv = get_version(client, name, version)
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
     # `models:/` URIs resolve through mlflow's GLOBAL registry URI: point it at this client's
@@ -266,12 +306,21 @@ def download_delta(client: MlflowClient, name: str, version: str | int, dst: str
                                                    tracking_uri=client.tracking_uri)
     finally:
         _set_uris(*prev)
-    return Path(path) / "artifacts" / "delta"
+    if verify:
+        verify_version(mv, path, check_delta)
+    return Path(path)
+
+
+def download_delta(client: MlflowClient, name: str, version: str | int, dst: str | Path) -> Path:
+    """The composed delta (relative to the base) of a version, downloaded under `dst` and
+    verified against the version's tags (IntegrityError)."""
+    return download_model(client, name, version, dst) / "artifacts" / "delta"
 
 
 def download_version(client: MlflowClient, name: str, version: str | int, dst: str | Path) -> tuple[Path, Path]:
-    """(delta dir, ledger dir) of a version, downloaded under `dst`. A version registered
-    before ledgers existed gets an empty ledger directory."""
+    """(delta dir, ledger dir) of a version, downloaded under `dst` and verified against the
+    version's digest tags (IntegrityError on any difference: delta, ledger, lineage, code shim).
+    A version registered before ledgers existed gets an empty ledger directory."""
     from odedit.lifecycle.ledger import empty_ledger
 
     delta = download_delta(client, name, version, dst)
@@ -353,22 +402,30 @@ def _set_champion(client: MlflowClient, name: str, version: str, action: str, no
 
 def log_version(client: MlflowClient, run_id: str, name: str, base: str, delta_dir: Path, tags: dict,
                 chain: list[str], ledger_dir: Path | None = None) -> str:
-    """Log the pyfunc (base reference + composed delta + edit ledger) to `run_id` and register
-    it as a new version of `name` with all its tags in one call. Returns the version number."""
+    """Log the pyfunc (base reference + composed delta + edit ledger + `integrity.json`, code:
+    the `registry_model.py` shim) to `run_id` and register it as a new version of `name` with
+    all its tags in one call, the sha256 digests of delta, ledger, lineage and code included
+    (`odedit.delta_sha256`, ...: see odedit.integrity). Returns the version number."""
     from odedit.lifecycle.ledger import empty_ledger
 
+    kind = tags.get(T + "kind")
     with tempfile.TemporaryDirectory() as tmp:
         if ledger_dir is None:
             ledger_dir = empty_ledger(Path(tmp) / "ledger")
         lin = Path(tmp) / "lineage.json"
-        lin.write_text(json.dumps({"base_ref": base, "model": name, "chain": chain,
+        lin.write_text(json.dumps({"base_ref": base, "model": name, "chain": chain, "kind": kind,
                                    "parent_version": tags.get(T + "parent_version")}, indent=2))
+        found = integrity.digests(delta_dir, ledger_dir, lin, MODEL_CODE)
+        man = integrity.write_manifest(Path(tmp) / integrity.MANIFEST, {**found, "code_file": MODEL_CODE.name},
+                                       kind, odedit_version())
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=str(MODEL_CODE),
-                artifacts={"delta": str(delta_dir), "lineage": str(lin), "ledger": str(ledger_dir)},
-                pip_requirements=PIP, signature=SIGNATURE,
+                artifacts={"delta": str(delta_dir), "lineage": str(lin), "ledger": str(ledger_dir),
+                           "integrity": str(man)},
+                pip_requirements=pip_requirements(), signature=SIGNATURE,
             )
+    tags = {**tags, **{T + tag: found[k] for k, tag in integrity.TAG_KEYS.items()}}
     mv = mlflow.register_model(info.model_uri, name, tags={k: str(v) for k, v in tags.items()})
     return str(mv.version)
 

@@ -57,8 +57,14 @@ def recheck_gate(name: str, info: dict, gate_cfg: gate.GateConfig, tracking_uri:
     base = registry.base_ref(client, name)
     from odedit.lifecycle.ledger import live_targets, load_ledger
 
-    champ = registry.download_delta(client, name, info["champion"], Path(work) / "champion")
-    cand, cand_ledger = registry.download_version(client, name, info["version"], Path(work) / "candidate")
+    # the re-check runs on the artifacts that will be served, downloaded through the verifying
+    # path: a version whose artifacts differ from its registered digests is refused here
+    try:
+        champ = registry.download_delta(client, name, info["champion"], Path(work) / "champion")
+        cand, cand_ledger = registry.download_version(client, name, info["version"], Path(work) / "candidate")
+    except registry.IntegrityError as exc:
+        run_logger().warning("re-check of version %s refused: IntegrityError: %s", info["version"], exc)
+        return gate.GateVerdict(False, [f"IntegrityError: {exc}"], {}, {})
     probes, pdir = registry.download_probes(client, name, Path(work) / "probes")
     intended = live_targets(load_ledger(cand_ledger).entries)
     verdict = promotion.recheck(base, champ, cand, probes, pdir, intended, info["records"], gate_cfg,
@@ -117,4 +123,15 @@ def resolve_rollback(name: str, to: str | None, tracking_uri: str | None, force:
         raise PromotionRefused(f"rollback of {name} to {why}; use --force with --note to do it anyway")
     if why and not note.strip():
         raise PromotionRefused(f"rollback of {name} to {why}: --force needs a --note saying why")
+    # what becomes champion is served: its artifacts must match its registered digests (even
+    # with --force; an empty delta of a forced, ungated version is the operator's call)
+    import tempfile
+
+    from odedit.lifecycle import state
+
+    with tempfile.TemporaryDirectory(dir=state.work_dir()) as tmp:
+        try:
+            registry.download_model(client, name, target.version, tmp, check_delta=not why)
+        except registry.IntegrityError as exc:
+            raise PromotionRefused(f"rollback of {name} refused: IntegrityError: {exc}") from exc
     return {"from": champ.version, "to": target.version, "forced": bool(why)}

@@ -40,6 +40,7 @@ def _unreachable(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from odedit.integrity import IntegrityError
         from odedit.registry import RegistryUnavailable
 
         try:
@@ -47,6 +48,9 @@ def _unreachable(fn):
         except RegistryUnavailable as exc:
             print(f"registry unreachable at {exc.uri}: {exc.cause}; nothing changed")
             raise typer.Exit(2)
+        except IntegrityError as exc:  # a tampered / corrupt version: one line, non-zero
+            print(f"IntegrityError: {exc}; nothing changed")
+            raise typer.Exit(1)
     return wrapper
 
 

@@ -1,5 +1,5 @@
 """Loading a registered model's weights: the base by reference plus the composed delta, and
-decoding pyfunc image inputs. No mlflow here; `odedit.registry_model` wraps it as a pyfunc."""
+decoding pyfunc image inputs. No mlflow here; `odedit.registry_pyfunc` wraps it as a pyfunc."""
 
 from __future__ import annotations
 
@@ -19,11 +19,27 @@ def resolve_base(ref: str) -> str:
     return ref
 
 
-def load_edited(base_ref: str, delta_dir: str | Path | None, device: str | None = None):
-    """An adapter on the base model with the composed delta applied."""
+def load_edited(base_ref: str, delta_dir: str | Path | None, device: str | None = None,
+                expected_digest: str | None = None, kind: str | None = None, what: str = "model"):
+    """An adapter on the base model with the composed delta applied.
+
+    `expected_digest`: the delta directory's `odedit.integrity.digest_dir` as registered; a
+    mismatch (or a missing directory) raises IntegrityError before anything is loaded. `kind`:
+    the version's kind; unless it is `base`, a missing `delta.json` or an empty delta raises
+    IntegrityError instead of silently serving the base model. Both default to no check."""
     from odedit.delta import DELTA_META, Delta, apply_delta
     from odedit.models.adapter import MLLMAdapter
 
+    if expected_digest is not None:
+        from odedit.integrity import IntegrityError, compare, digest_dir
+
+        if not delta_dir or not Path(delta_dir).is_dir():
+            raise IntegrityError(f"{what} delta directory is missing: refusing to serve it")
+        compare({"delta": expected_digest}, {"delta": digest_dir(delta_dir)}, what)
+    if kind is not None:
+        from odedit.integrity import check_delta_present
+
+        check_delta_present(delta_dir, kind, what)
     adapter = MLLMAdapter.load(resolve_base(base_ref), device=device)
     if delta_dir and (Path(delta_dir) / DELTA_META).is_file():
         delta = Delta.load(delta_dir)
