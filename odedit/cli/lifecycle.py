@@ -29,7 +29,12 @@ def _env(tracking_uri: Optional[str]) -> None:
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
     state.configure_environment()
     from odedit import registry
+    from odedit.lifecycle import reap
 
+    cleaned = reap.reap(state)  # what a killed batch left: an orphaned Prefect server, old scratch dirs
+    if cleaned["servers"] or cleaned["work_dirs"]:
+        console.print(f"cleaned up after an earlier killed run: Prefect server pid(s) {cleaned['servers'] or '-'}; "
+                      f"{len(cleaned['work_dirs'])} stale work dir(s)", markup=False)
     registry.probe(registry.connect())  # fail fast (bounded) before any flow starts: nothing changes
 
 

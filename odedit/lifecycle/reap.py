@@ -1,0 +1,85 @@
+"""Clean-up of what a killed batch leaves behind, done automatically at the start of the next
+lifecycle command:
+
+* Prefect's ephemeral API server: a CLI process that is SIGKILLed leaves the uvicorn child it
+  started running for ever (~200 MB). A server is reaped only when it is ours and orphaned: its
+  command line is Prefect's server app, its PREFECT_HOME is this state directory's, and its
+  parent is no longer the Python process that started it (it was re-parented to init or a
+  sub-reaper).
+* scratch directories of batches under `state/work/` older than a day (a finished batch's
+  artifacts are in MLflow; a killed batch's scratch space is never read again).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+SERVER_MARKER = "prefect.server.api.server:create_app"
+WORK_MAX_AGE_S = 24 * 3600
+
+
+def _prefect_home(proc) -> str | None:
+    try:
+        return proc.environ().get("PREFECT_HOME")
+    except Exception:  # another user's process, or gone
+        return None
+
+
+def orphaned_servers(prefect_home: str | Path) -> list:
+    """psutil processes of Prefect servers of `prefect_home` whose starter is gone."""
+    import psutil
+
+    home = str(Path(prefect_home).resolve())
+    out = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        if SERVER_MARKER not in " ".join(proc.info["cmdline"] or []):
+            continue
+        if _prefect_home(proc) is None or str(Path(_prefect_home(proc)).resolve()) != home:
+            continue
+        try:
+            parent = proc.parent()
+            starter_alive = parent is not None and parent.pid > 1 and "python" in parent.name().lower()
+        except psutil.Error:
+            continue
+        if not starter_alive:
+            out.append(proc)
+    return out
+
+
+def reap_servers(prefect_home: str | Path, wait_s: float = 5.0) -> list[int]:
+    """Terminate (then kill) orphaned Prefect servers of `prefect_home`; returns their pids."""
+    import psutil
+
+    procs = orphaned_servers(prefect_home)
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=wait_s)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    return [p.pid for p in procs]
+
+
+def stale_work_dirs(work: str | Path, max_age_s: float = WORK_MAX_AGE_S, now: float | None = None) -> list[Path]:
+    now = time.time() if now is None else now
+    d = Path(work)
+    if not d.is_dir():
+        return []
+    return [p for p in d.iterdir() if p.is_dir() and not p.is_symlink() and now - p.stat().st_mtime > max_age_s]
+
+
+def reap(state) -> dict:
+    """Both clean-ups for the state directory module `state` (odedit.lifecycle.state)."""
+    pids = reap_servers(state.prefect_home())
+    removed = []
+    for p in stale_work_dirs(state.work_dir()):
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(str(p))
+    return {"servers": pids, "work_dirs": removed}
