@@ -50,8 +50,10 @@ def _edit_metrics(records: list[dict]) -> dict:
     for r in records:
         rid = safe_id(r["request_id"], sep="/")
         for side in ("pre", "post"):
-            for k, v in (r.get(side) or {}).items():
-                out[f"edit/{rid}/{side}.{k}"] = v
+            scores = r.get(side) or {}
+            # each value under its protocol (`t_locality@answer` -> `t_locality/answer`: MLflow refuses '@')
+            for k, v in (scores.get("tagged") or {}).items():
+                out[f"edit/{rid}/{side}.{k.replace('@', '/')}"] = v
         out[f"edit/{rid}/seconds"] = r.get("seconds")
     return out
 

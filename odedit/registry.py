@@ -425,6 +425,9 @@ def log_version(client: MlflowClient, run_id: str, name: str, base: str, delta_d
                            "integrity": str(man)},
                 pip_requirements=pip_requirements(), signature=SIGNATURE,
             )
+    # leaving `start_run` marked the batch run FINISHED; it is finished only once the version
+    # exists (tasks.registry.finish_run), so a kill in between leaves it RUNNING -> closed as stale
+    client.update_run(run_id, status="RUNNING")
     tags = {**tags, **{T + tag: found[k] for k, tag in integrity.TAG_KEYS.items()}}
     mv = mlflow.register_model(info.model_uri, name, tags={k: str(v) for k, v in tags.items()})
     return str(mv.version)
