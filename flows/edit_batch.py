@@ -33,6 +33,7 @@ from prefect import flow  # noqa: E402
 from tasks import run_logger  # noqa: E402
 
 from odedit.config import LIFECYCLE_METHOD, EditConfig  # noqa: E402
+from odedit.metrics import metric_meta  # noqa: E402
 from odedit.lifecycle import batch, gate  # noqa: E402
 from odedit.registry import T, code_revision  # noqa: E402
 from odedit.lifecycle.models import resolve_base  # noqa: E402
@@ -50,10 +51,10 @@ def _edit_metrics(records: list[dict]) -> dict:
     for r in records:
         rid = safe_id(r["request_id"], sep="/")
         for side in ("pre", "post"):
-            scores = r.get(side) or {}
-            # each value under its protocol (`t_locality@answer` -> `t_locality/answer`: MLflow refuses '@')
-            for k, v in (scores.get("tagged") or {}).items():
-                out[f"edit/{rid}/{side}.{k.replace('@', '/')}"] = v
+            # numbers only: the protocol of each score is in the run's `metric_meta.*` params
+            for k, v in (r.get(side) or {}).items():
+                if isinstance(v, (int, float)) or v is None:
+                    out[f"edit/{rid}/{side}.{k}"] = v
         out[f"edit/{rid}/seconds"] = r.get("seconds")
     return out
 
@@ -118,7 +119,8 @@ def _edit_batch(source, name, method, gate_config, deployment, model, seed, step
     params = {**cfg.flat(), "seeds": f"edit={cfg.seed}", "base_model": champion["base_ref"],
               "base_version": parent, "champion_version": champion["version"], "model_name": name, "code_revision": code_revision(),
               "request_hashes": ",".join(hashes[r.id] for r in pending), "n_requests": len(pending),
-              "deployment": deployment or "", "gate_config": str(gate_config or gate.DEFAULT_CONFIG)}
+              "deployment": deployment or "", "gate_config": str(gate_config or gate.DEFAULT_CONFIG),
+              **{f"metric_meta.{k}": f"{m.protocol}/{m.scorer}" for k, m in metric_meta().items()}}
     run_id = tr.start_run(name, validated.batch_id, params,
                           {T + "parent_version": parent,
                            T + "request_ids": batch.json_list([r.id for r in pending])}, tracking_uri)

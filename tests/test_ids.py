@@ -135,6 +135,7 @@ def test_history_and_show_render_hostile_text_literally(monkeypatch, tmp_path):
            "answer_before": "[b]", "answer_after": "x", "post.reliability": 1.0, "post.t_locality": 0.5,
            "gate": "passed", "run_id": "abcdef123456"}
     monkeypatch.setattr(registry, "connect", lambda *a, **k: None)
+    monkeypatch.setattr(registry, "probe", lambda *a, **k: None)
     monkeypatch.setattr(registry, "history", lambda *a, **k: [row])
     monkeypatch.setattr(registry, "show", lambda *a, **k: [])
     res = CliRunner().invoke(app, ["history", "m"])

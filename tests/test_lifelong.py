@@ -79,7 +79,7 @@ def test_lifelong_sequence_keeps_earlier_edits_and_unrelated_answers(adapter, wo
     root, requests = world_requests
     reqs = requests[:6]
     subjects = {r.subject for r in reqs}
-    preserve = world_preservation(world)
+    preserve = world_preservation(world, 2, 2)
     unrelated = [k.sample for k in preserve if k.subject not in subjects][::6]
     answers = [adapter.answer(s.prompt, s.image, 4) for s in unrelated]
     cfg = EditConfig(method="odedit-ft-l-lifelong")
