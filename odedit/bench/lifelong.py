@@ -269,16 +269,19 @@ def plot(summary: Sequence[dict], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(12, 6.5), sharex=True)
-    for ax, m in zip(axes.flat, PCT):
+    fig, axes = plt.subplots(2, 4, figsize=(15, 6.5), sharex=True)
+    axes.flat[-1].axis("off")
+    for ax, m in zip(axes.flat, ("live",) + PCT):
         for method in dict.fromkeys(e["method"] for e in summary):
             es = [e for e in summary if e["method"] == method and e[m] is not None]
             xs = [e["submitted"] for e in es]
-            ys = [100 * e[m] for e in es]
-            sd = [100 * e[m + "_std"] for e in es]
+            scale = 1 if m == "live" else 100
+            ys = [scale * e[m] for e in es]
+            sd = [scale * e[m + "_std"] for e in es]
             ax.plot(xs, ys, marker="o", label=method)
             ax.fill_between(xs, [y - s for y, s in zip(ys, sd)], [y + s for y, s in zip(ys, sd)], alpha=0.15)
-        ax.set_title(m.replace("_", "-") + (" (lower is better)" if m == "regression" else ""))
+        ax.set_title({"live": "live edits on the champion", "regression": "regression % (lower is better)"}.get(
+            m, m.replace("_", "-") + " %"))
         ax.set_xlabel("edits submitted")
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=8)
