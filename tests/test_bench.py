@@ -108,3 +108,25 @@ def test_sequential_rows_restore_the_model(adapter, embedded_dir, world, tmp_pat
     assert all(r.retention == r.reliability for r in rows)
     for k, v in adapter.model.state_dict().items():
         assert (v == before[k]).all(), k
+
+
+def test_lifelong_scorer_on_an_unedited_champion(adapter, world, tmp_path):
+    """The lifelong measures on a champion that did not change: nothing is retained (the edits
+    never landed in the weights), nothing regressed, locality is perfect; rows, summary, table
+    and plot come out."""
+    from odedit.bench import lifelong as L
+    from odedit.lifecycle.gate import world_probes
+
+    probes = world_probes(world, tmp_path / "probes")[:8]
+
+    def step(batch, root, k):  # a gate that passes but a champion that stays the base model
+        return True, [], 0.0, adapter, {r.id for r in batch}
+
+    rows = L.run_lifelong("none", 0, step, adapter, world, probes, tmp_path / "probes", tmp_path / "img",
+                          n_batches=2, batch_size=2)
+    assert [r.live for r in rows] == [2, 4] and all(r.gate == "passed" for r in rows)
+    last = rows[-1]
+    assert last.retention == 0.0 and last.regression == 0.0 and last.t_loc == 1.0 and last.m_loc == 1.0
+    summary = L.summarise(rows)
+    assert "| none | 4 |" in L.markdown(summary, last_only=True)
+    assert L.plot(summary, tmp_path / "p.png").stat().st_size > 0
