@@ -7,10 +7,11 @@ exactly as before. AlphaEdit takes K0 = the preserved keys, the eigenvectors U o
 near-zero eigenvalues, and projects Delta <- Delta U U^T. Here the projection is applied to the
 accumulated change after every optimiser step (the editors' `after_step`), so gradient-based
 base editors keep the guarantee. Keys are invariant under the edit itself (they are computed
-below the edited projection), so K0 K0^T is computed once per edit.
+below the edited projection), so one `KeyBank` serves a whole batch: each edit only takes an
+eigendecomposition of the bank minus the fact it replaces.
 
-PRODUCT choice, not part of ODEdit: the preserved set is the locality pool (unrelated facts the
-model already knows) plus earlier edits (so later edits do not overwrite them).
+PRODUCT choice, not part of ODEdit: the preserved set is `odedit.pools.preservation_for` (what
+the model already knows) plus earlier edits (so later edits do not overwrite them).
 """
 
 from __future__ import annotations
@@ -23,17 +24,26 @@ from odedit.models.adapter import MLLMAdapter, Sample
 
 
 @torch.no_grad()
-def key_covariance(adapter: MLLMAdapter, module: torch.nn.Module, samples: Sequence[Sample],
-                   batch_size: int = 32) -> torch.Tensor:
+def sample_keys(adapter: MLLMAdapter, module: torch.nn.Module, samples: Sequence[Sample], batch_size: int = 32):
+    """(index, keys [positions, in]) for every sample: the inputs of `module` at its real token
+    positions, computed in batches per modality (one forward per batch, stopped at `module`)."""
+    groups = ([i for i, s in enumerate(samples) if s.image is not None],
+              [i for i, s in enumerate(samples) if s.image is None])
+    for group in groups:
+        for start in range(0, len(group), batch_size):
+            idx = group[start:start + batch_size]
+            enc = adapter.encode([samples[i] for i in idx])
+            x = adapter.module_input(enc, module).to(torch.float64).cpu()
+            mask = enc.inputs["attention_mask"].to(torch.bool).cpu()
+            for row, i in enumerate(idx):
+                yield i, x[row][mask[row]]
+
+
+def key_covariance(adapter: MLLMAdapter, module: torch.nn.Module, samples: Sequence[Sample]) -> torch.Tensor:
     """sum_k k k^T over the inputs of `module` at every real token position of `samples`."""
     cov = torch.zeros(module.weight.shape[1], module.weight.shape[1], dtype=torch.float64)
-    groups = ([s for s in samples if s.image is not None], [s for s in samples if s.image is None])
-    for group in groups:
-        for i in range(0, len(group), batch_size):
-            enc = adapter.encode(group[i:i + batch_size])
-            x = adapter.module_input(enc, module).to(torch.float64).cpu()
-            keys = x[enc.inputs["attention_mask"].to(torch.bool).cpu()]
-            cov.add_(keys.T @ keys)
+    for _, keys in sample_keys(adapter, module, samples):
+        cov.add_(keys.T @ keys)
     return cov
 
 
@@ -66,11 +76,10 @@ class KeyBank:
 
     def add(self, samples: Sequence[Sample], subjects: Sequence[str | None]) -> None:
         """Preserve `samples` (each sample's target is the answer that must stay)."""
-        groups: dict[tuple[str, str], list[Sample]] = {}
-        for s, subj in zip(samples, subjects):
-            groups.setdefault(fact_key(subj, s.target), []).append(s)
-        for key, group in groups.items():
-            cov = key_covariance(self.adapter, self.module, group)
+        subjects = list(subjects)
+        for i, keys in sample_keys(self.adapter, self.module, samples):
+            cov = keys.T @ keys
+            key = fact_key(subjects[i], samples[i].target)
             self.by_fact[key] = self.by_fact.get(key, 0) + cov
             self.total += cov
 
