@@ -31,19 +31,15 @@ def world_of(model_dir: str | Path):
 
 def locality_pool_for(
     adapter: MLLMAdapter, model_ref: str | Path, requests: Sequence[EditRequest],
-    image_root: str | Path | None, seed: int = 0,
+    image_root: str | Path | None, seed: int = 0, answers: Sequence[Sample] | None = None,
 ) -> Callable[[EditRequest], Sequence[Sample]] | list[Sample]:
     world = world_of(model_ref) if Path(str(model_ref)).is_dir() else None
     if world is not None:
         return lambda req: world.locality_pool(POOL_SIZE, req.subject or "", seed=seed)
     from odedit.editing import subject_of
-    from odedit.environments import load_image, request_hash
+    from odedit.environments import request_hash
 
-    pool: list[tuple[str, str | None, Sample]] = []  # (request hash, subject, probe)
-    for req in requests:
-        image = load_image(req.image, image_root)
-        sample = Sample(req.src, adapter.answer(req.src, image, max_new_tokens=4) or req.alt, image)
-        pool.append((request_hash(req), subject_of(req), sample))
+    pool = [(request_hash(req), subject_of(req), s) for req, s in zip(requests, answers or current_answers(adapter, requests, image_root))]
 
     def for_request(req: EditRequest) -> list[Sample]:
         """The batch's probes minus this request's own and those about its subject."""
@@ -76,7 +72,7 @@ def world_preservation(world, views_per_kind: int = 4, phrasings_per_kind: int =
 
 
 def preservation_for(adapter: MLLMAdapter, model_ref: str | Path, requests: Sequence[EditRequest],
-                     image_root: str | Path | None, seed: int = 0) -> list:
+                     image_root: str | Path | None, seed: int = 0, answers: Sequence[Sample] | None = None) -> list:
     """What the null-space constraint protects: the world's knowledge for a world model, else
     the batch's own prompts with the model's current answers (each tagged with its subject).
     INFERRED/PRODUCT: for a real checkpoint a larger preservation set (e.g. the fixed regression
@@ -85,11 +81,17 @@ def preservation_for(adapter: MLLMAdapter, model_ref: str | Path, requests: Sequ
     if world is not None:
         return world_preservation(world, seed=seed)
     from odedit.editing import Kept, subject_of
+
+    return [Kept(s, subject_of(req)) for req, s in zip(requests, answers or current_answers(adapter, requests, image_root))]
+
+
+def current_answers(adapter: MLLMAdapter, requests: Sequence[EditRequest], image_root: str | Path | None) -> list[Sample]:
+    """Each request's own prompt + image with the model's current (greedy) answer: what the OUT
+    pool and the preservation set of a non-world model are made of (compute once, pass to both)."""
     from odedit.environments import load_image
 
     out = []
     for req in requests:
         image = load_image(req.image, image_root)
-        out.append(Kept(Sample(req.src, adapter.answer(req.src, image, max_new_tokens=4) or req.alt, image),
-                        subject_of(req)))
+        out.append(Sample(req.src, adapter.answer(req.src, image, max_new_tokens=4) or req.alt, image))
     return out

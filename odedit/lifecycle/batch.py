@@ -108,10 +108,14 @@ def _edit_loaded(adapter, base_model: str, champ, requests: Sequence[EditRequest
     from odedit.delta import Delta
     from odedit.editing import run_edits
     from odedit.lifecycle.models import resolve_base
-    from odedit.pools import locality_pool_for, preservation_for
+    from odedit.pools import current_answers, locality_pool_for, preservation_for, world_of
 
-    pool = locality_pool_for(adapter, resolve_base(base_model), requests, image_root, seed=cfg.seed)
-    preserve = preservation_for(adapter, resolve_base(base_model), requests, image_root, seed=cfg.seed) \
+    base = resolve_base(base_model)
+    # a non-world model's OUT pool and preservation set are the batch's prompts with the current
+    # answers: generate them once for both
+    answers = current_answers(adapter, requests, image_root) if cfg.base.null_space and world_of(base) is None else None
+    pool = locality_pool_for(adapter, base, requests, image_root, seed=cfg.seed, answers=answers)
+    preserve = preservation_for(adapter, base, requests, image_root, seed=cfg.seed, answers=answers) \
         if cfg.base.null_space else ()
     t1 = time.perf_counter()
     run = run_edits(adapter, requests, image_root, cfg, pool, sequential=True, on_record=on_record, fault=fault,
