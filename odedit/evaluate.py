@@ -10,6 +10,7 @@ accuracy, or exact match with `rel_gen_scorer="exact_match"`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -66,20 +67,30 @@ def baseline(adapter: MLLMAdapter, held: HeldOut, rel_gen_scorer: str = "token_a
 
 
 def _agreement(adapter: MLLMAdapter, samples: list[Sample], pre: ProbeLogits | None,
-               k: int) -> tuple[float | None, float | None]:
-    """(protocol answer, protocol easyedit) locality of one probe kind."""
+               k: int, exclude: Sequence[bool] | None = None) -> tuple[float | None, float | None]:
+    """(protocol answer, protocol easyedit) locality of one probe kind, flagged probes left out."""
     if pre is None:
         return None, None
     post = probe_logits(adapter, samples)
-    answer = float(locality_answer_positions(pre.logits, post.logits, pre.labels, k).mean())
-    easy = float(locality_easyedit(pre.logits, post.logits, k, pre.mask, post.mask).mean())
-    return answer, easy
+    answer = locality_answer_positions(pre.logits, post.logits, pre.labels, k)
+    easy = locality_easyedit(pre.logits, post.logits, k, pre.mask, post.mask)
+    if exclude is not None:
+        keep = ~torch.tensor([bool(x) for x in exclude], dtype=torch.bool)
+        if not bool(keep.any()):
+            return None, None
+        answer, easy = answer[keep], easy[keep]
+    return float(answer.mean()), float(easy.mean())
 
 
-def score(adapter: MLLMAdapter, held: HeldOut, before: Baseline, rel_gen_scorer: str | None = None) -> EditScores:
+def score(adapter: MLLMAdapter, held: HeldOut, before: Baseline, rel_gen_scorer: str | None = None,
+          exclude: dict[str, Sequence[bool]] | None = None) -> EditScores:
+    """The five held-out scores after an edit. `exclude` ("t_loc" / "m_loc" -> one flag a
+    probe) leaves flagged locality probes out of the means (probes whose change was intended:
+    `odedit.lifecycle.final.intended_changes`); all left out -> None."""
     scorer = rel_gen_scorer or before.scores.rel_gen_scorer
-    t_ans, t_easy = _agreement(adapter, held.t_loc, before.t_loc, T_LOC_K)
-    m_ans, m_easy = _agreement(adapter, held.m_loc, before.m_loc, M_LOC_K)
+    exclude = exclude or {}
+    t_ans, t_easy = _agreement(adapter, held.t_loc, before.t_loc, T_LOC_K, exclude.get("t_loc"))
+    m_ans, m_easy = _agreement(adapter, held.m_loc, before.m_loc, M_LOC_K, exclude.get("m_loc"))
     return EditScores(
         reliability=accuracy(adapter, held.reliability, scorer),
         t_generality=accuracy(adapter, held.t_gen, scorer),

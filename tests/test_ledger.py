@@ -105,3 +105,25 @@ def test_later_batch_supersedes_an_earlier_edit(adapter, world_requests, embedde
     assert b2.passed
     live, _ = led.live_requests()
     assert [r.id for r in live] == ["undo-0"]
+
+
+def test_locality_probe_about_a_fact_the_batch_edits_is_an_intended_change(adapter, world_requests, embedded_dir,
+                                                                          embedded_cfg, tmp_path):
+    """Edit A's multimodal locality probe shows edit B's own image and asks B's question: B
+    changes that answer on purpose, so A's locality must not count it as a leak; A's other
+    probes (other entities) still count."""
+    from odedit.lifecycle import batch
+    from odedit.lifecycle.gate import GateConfig
+
+    root, reqs = world_requests
+    a, b = reqs[0], reqs[1]
+    assert b.subject != a.subject and b.pred
+    a = a.model_copy(update={"m_loc": [b.image] + list(a.m_loc), "m_loc_q": [b.src] + list(a.m_loc_q),
+                             "m_loc_a": [b.pred] + list(a.m_loc_a)})
+    out = batch.edit_and_gate(str(embedded_dir), None, None, [a, b], root, embedded_cfg, [], None, GateConfig(),
+                              tmp_path / "o", batch_id="b1")
+    fa = out.records[0]["final"]
+    assert out.records[1]["final"]["reliability"] == 1.0  # B holds: A's first m_loc probe now answers B's target
+    assert fa["intended_locality_changes"]["m_loc"] == 1  # that one probe, not A's unrelated ones
+    assert out.final["metrics"]["final.m_locality.intended_changes"] >= 1
+    assert fa["m_locality"] is None or fa["m_locality"] > 0.5

@@ -10,6 +10,11 @@ final model:
   (b) every earlier ledger edit: reliability (and whether it holds, was superseded, or lost);
   (c) the fixed regression probes: an answer that changed counts unless the new answer is the
       target of a live edit about the probe's subject (an intended change).
+A batch item's locality probe that asks about a fact ANOTHER edit of the batch changes on
+purpose is left out of its locality (`intended_changes`, counted in `metrics`): its old answer
+is meant to change. The rule is the regression check's, made stricter: the probe names the
+edit's subject (text) or shows one of the edit's own images (image, same bytes), its recorded
+answer is the one the edit replaced, and the final model now answers the edit's target.
 Within one batch nothing is superseded: a batch whose second edit undoes its first loses its
 first edit and fails `min_batch_retention`.
 """
@@ -17,6 +22,7 @@ first edit and fails `min_batch_retention`.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -62,6 +68,44 @@ def answers_with(adapter, prompt: str, image, target: str) -> float | None:
     return evaluate.accuracy(adapter, [Sample(prompt, target, image)])
 
 
+def _names(prompt: str, subject: str) -> bool:
+    return re.search(rf"(?<!\w){re.escape(subject)}(?!\w)", prompt, re.IGNORECASE) is not None
+
+
+def _edit_images(entry: LedgerEntry) -> set[str]:
+    """Stems (sha256 of the bytes, ledger form) of the images that show the edit's subject."""
+    r = entry.request
+    paths = ([r["image"]] if r.get("image") else []) + list(r.get("image_rephrase") or []) \
+        + list(r.get("train_image_rephrase") or [])
+    return {Path(p).stem for p in paths}
+
+
+def intended_changes(adapter, item: BatchItem, edits: Sequence[LedgerEntry]) -> dict[str, list[bool]]:
+    """Per locality probe of `item` ("t_loc", "m_loc" -> flags): True when the probe asks about a
+    fact one of `edits` changed on purpose (see the module doc), so its change is no leak."""
+    from odedit.lifecycle.gate import _norm_answer
+
+    req = item.entry.request
+    out = {}
+    for kind, samples, images in (("t_loc", item.heldout.t_loc, [None] * len(item.heldout.t_loc)),
+                                  ("m_loc", item.heldout.m_loc, [Path(p).stem for p in req.get("m_loc") or []])):
+        flags = []
+        for s, stem in zip(samples, images):
+            hit = False
+            for e in edits:
+                linked = (stem in _edit_images(e)) if stem is not None else bool(e.subject and _names(s.prompt, e.subject))
+                was = e.request.get("pred")
+                if not linked or (was and _norm_answer(was) != _norm_answer(s.target)):
+                    continue
+                acc = answers_with(adapter, s.prompt, s.image, e.target)
+                if acc is not None and acc >= HOLDS:
+                    hit = True
+                    break
+            flags.append(hit)
+        out[kind] = flags
+    return out
+
+
 def _entry_image(entry: LedgerEntry, root: str | Path | None):
     from odedit.environments import load_image
 
@@ -79,8 +123,14 @@ def score_final(adapter, batch: Sequence[BatchItem], batch_image_root: str | Pat
     from odedit.lifecycle.batch import probe_answers
 
     out = FinalScores()
+    entries = [item.entry for item in batch]
+    exempt = {"t_loc": 0, "m_loc": 0}
     for item in batch:
-        s = evaluate.score(adapter, item.heldout, item.before).to_dict()
+        flags = intended_changes(adapter, item, entries)
+        s = evaluate.score(adapter, item.heldout, item.before, exclude=flags).to_dict()
+        s["intended_locality_changes"] = {k: sum(v) for k, v in flags.items()}
+        for k, v in flags.items():
+            exempt[k] += sum(v)
         s["status"] = status_of(s["reliability"], superseded=False, threshold=HOLDS)
         out.batch[item.entry.request_id] = s
     later_all = list(prior) + [item.entry for item in batch]
@@ -114,6 +164,8 @@ def score_final(adapter, batch: Sequence[BatchItem], batch_image_root: str | Pat
     for name in ("t_locality", "m_locality"):
         m[f"final.{name}/answer"] = m[f"final.{name}"]
         m[f"final.{name}/easyedit"] = _mean(s.get(f"{name}_easyedit") for s in out.batch.values())
+    m["final.t_locality.intended_changes"] = float(exempt["t_loc"])
+    m["final.m_locality.intended_changes"] = float(exempt["m_loc"])
     m["regression.changed_fraction"] = out.regression["changed_fraction"]
     for st in ("holds", "lost", "superseded"):
         m[f"prior.{st}"] = float(sum(1 for p in out.prior.values() if p["status"] == st))

@@ -343,10 +343,13 @@ class World:
         image_dir = Path(image_dir)
         rng = np.random.default_rng([self.seed, 17, seed])
         order = list(rng.permutation(len(self.entities)))
+        plan = [(self.entities[int(order[i % len(order)])], FACT_ATTRIBUTES[int(rng.integers(len(FACT_ATTRIBUTES)))])
+                for i in range(n)]
+        # a locality probe must not ask about a fact this batch edits on purpose (its old answer
+        # is meant to change): like MMEdit's, whose probes come from unrelated datasets
+        edited = {(e.name, a) for e, a in plan}
         requests = []
-        for i in range(n):
-            ent = self.entities[int(order[i % len(order)])]
-            attr = FACT_ATTRIBUTES[int(rng.integers(len(FACT_ATTRIBUTES)))]
+        for i, (ent, attr) in enumerate(plan):
             current = ent.fact(attr)
             alt = str(rng.choice([v for v in ATTRIBUTE_VALUES[attr] if v != current]))
             train_phr = self.phrasings(attr, True)
@@ -364,7 +367,9 @@ class World:
             loc, loc_ans = [], []
             for j in rng.choice(len(others), size=int(rng.integers(2, 5)), replace=False):
                 o = others[int(j)]
-                kind = FACT_ATTRIBUTES[int(rng.integers(len(FACT_ATTRIBUTES)))]
+                kinds = [k for k in FACT_ATTRIBUTES if (o.name, k) not in edited] \
+                    or [k for k in TEXT_KINDS if k not in FACT_ATTRIBUTES]
+                kind = kinds[int(rng.integers(len(kinds)))]
                 loc.append(self.question(o, kind, False, False, rng))
                 loc_ans.append(o.answer(kind))
             # multimodal locality: other entities' images, look-alikes first, same attribute
@@ -376,6 +381,9 @@ class World:
             m_loc, m_loc_q, m_loc_a = [], [], []
             for o in chosen:
                 kind = attr if rng.random() < 0.7 else IMAGE_KINDS[int(rng.integers(len(IMAGE_KINDS)))]
+                if (o.name, kind) in edited:  # never an edited fact: another of its attributes
+                    kinds = [k for k in IMAGE_KINDS if (o.name, k) not in edited]
+                    kind = kinds[int(rng.integers(len(kinds)))]
                 m_loc.append(self.save_image(o, int(rng.choice(self.train_views)), image_dir))
                 m_loc_q.append(self.question(o, kind, True, False, rng))
                 m_loc_a.append(o.answer(kind))
