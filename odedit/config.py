@@ -38,6 +38,8 @@ class BaseEditorConfig:
     w_replay: float = 1.0  # weight of the KEEP (replay) risk
     null_space: bool = False  # AlphaEdit-style: project the update onto the null space of preserved keys
     null_space_tol: float = 3e-5  # eigenvalues of K0 K0^T below tol * max span the null space (TUNED)
+    preserve_views: int = 4  # world models: training views an image fact is preserved on (TUNED)
+    preserve_phrasings: int = 4  # world models: training phrasings a text fact is preserved in (TUNED)
 
 
 @dataclass

@@ -51,35 +51,40 @@ def locality_pool_for(
 
 def world_preservation(world, views_per_kind: int = 4, phrasings_per_kind: int = 4, seed: int = 0):
     """Knowledge to preserve for a world model, with subjects: every entity x every image kind
-    on `views_per_kind` training views and every text kind in `phrasings_per_kind` training
-    phrasings (what the model was pretrained to know)."""
+    on `views_per_kind` training views (one distinct training phrasing a view) and every text
+    kind in `phrasings_per_kind` distinct training phrasings (what the model was pretrained to
+    know). Held-out views, the held-out style and held-out phrasings are never in it."""
     import numpy as np
 
     from odedit.editing import Kept
     from odedit.models.world import IMAGE_KINDS, TEXT_KINDS
 
     rng = np.random.default_rng([world.seed, 29, seed])
+    n_views = min(views_per_kind, len(world.train_views))
     out = []
     for ent in world.entities:
         for kind in IMAGE_KINDS:
-            for v in rng.choice(world.train_views, size=views_per_kind, replace=False):
-                out.append(Kept(Sample(world.question(ent, kind, True, False, rng), ent.answer(kind),
-                                       world.render(ent, int(v))), ent.name))
+            phr = world.phrasings(kind, True)
+            picks = rng.choice(len(phr), size=min(n_views, len(phr)), replace=False)
+            for v, j in zip(rng.choice(world.train_views, size=n_views, replace=False), picks):
+                out.append(Kept(Sample(phr[int(j)].prompt(), ent.answer(kind), world.render(ent, int(v))), ent.name))
         for kind in TEXT_KINDS:
-            for _ in range(phrasings_per_kind):
-                out.append(Kept(Sample(world.question(ent, kind, False, False, rng), ent.answer(kind)), ent.name))
+            phr = world.phrasings(kind, False)
+            for j in rng.choice(len(phr), size=min(phrasings_per_kind, len(phr)), replace=False):
+                out.append(Kept(Sample(phr[int(j)].prompt(ent.name), ent.answer(kind)), ent.name))
     return out
 
 
 def preservation_for(adapter: MLLMAdapter, model_ref: str | Path, requests: Sequence[EditRequest],
-                     image_root: str | Path | None, seed: int = 0, answers: Sequence[Sample] | None = None) -> list:
+                     image_root: str | Path | None, seed: int = 0, answers: Sequence[Sample] | None = None,
+                     views: int = 4, phrasings: int = 4) -> list:
     """What the null-space constraint protects: the world's knowledge for a world model, else
     the batch's own prompts with the model's current answers (each tagged with its subject).
     INFERRED/PRODUCT: for a real checkpoint a larger preservation set (e.g. the fixed regression
     probes or a sample of the training distribution) protects more."""
     world = world_of(model_ref) if Path(str(model_ref)).is_dir() else None
     if world is not None:
-        return world_preservation(world, seed=seed)
+        return world_preservation(world, views, phrasings, seed=seed)
     from odedit.editing import Kept, subject_of
 
     return [Kept(s, subject_of(req)) for req, s in zip(requests, answers or current_answers(adapter, requests, image_root))]

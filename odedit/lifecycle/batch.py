@@ -103,8 +103,23 @@ def _prior_samples(prior: Sequence[EditRequest], prior_image_root: str | Path | 
     return [Kept(Sample(r.src, r.alt, load_image(r.image, prior_image_root)), subject_of(r), r.pred) for r in prior]
 
 
+def _prior_support(prior: Sequence[EditRequest], prior_image_root: str | Path | None, cfg: EditConfig) -> list:
+    """PRODUCT (lifelong): the SE samples (train rephrasings, train images) of the champion's
+    live edits, with their subjects, for the null-space bank - what an edit of this batch adds
+    to the bank when it lands, so an edit of an earlier batch is protected like one of this
+    batch (bucketed under its own target: a later edit of the same fact releases them)."""
+    from odedit.editing import Kept, subject_of
+    from odedit.environments import build_environments
+
+    out = []
+    for r in prior:
+        es = build_environments(r, prior_image_root, cfg.odedit, (), seed=cfg.seed)
+        out += [Kept(s, subject_of(r)) for e in es.train if e.kind == "SE" for s in e.samples]
+    return out
+
+
 def _edit_loaded(adapter, base_model: str, champ, requests: Sequence[EditRequest], image_root, cfg: EditConfig,
-                 out_dir: Path, fault, on_record, keep) -> tuple:
+                 out_dir: Path, fault, on_record, keep, support: Sequence = ()) -> tuple:
     from odedit.delta import Delta
     from odedit.editing import run_edits
     from odedit.lifecycle.models import resolve_base
@@ -115,8 +130,9 @@ def _edit_loaded(adapter, base_model: str, champ, requests: Sequence[EditRequest
     # answers: generate them once for both
     answers = current_answers(adapter, requests, image_root) if cfg.base.null_space and world_of(base) is None else None
     pool = locality_pool_for(adapter, base, requests, image_root, seed=cfg.seed, answers=answers)
-    preserve = preservation_for(adapter, base, requests, image_root, seed=cfg.seed, answers=answers) \
-        if cfg.base.null_space else ()
+    preserve = preservation_for(adapter, base, requests, image_root, seed=cfg.seed, answers=answers,
+                                views=cfg.base.preserve_views, phrasings=cfg.base.preserve_phrasings) \
+        + list(support) if cfg.base.null_space else ()
     t1 = time.perf_counter()
     run = run_edits(adapter, requests, image_root, cfg, pool, sequential=True, on_record=on_record, fault=fault,
                     keep=keep, preserve=preserve)
@@ -161,7 +177,8 @@ def edit_champion(base_model: str, champion_delta: str | Path | None, requests: 
     champion_answers = probe_answers(adapter, probes, probe_dir)
     run, delta_dir, batch_dir, t_edit = _edit_loaded(adapter, base_model, champ, requests, image_root, cfg,
                                                      Path(out_dir), fault, on_record,
-                                                     _prior_samples(prior, prior_image_root))
+                                                     _prior_samples(prior, prior_image_root),
+                                                     _prior_support(prior, prior_image_root, cfg) if cfg.base.null_space else ())
     candidate_answers = probe_answers(adapter, probes, probe_dir)
     return BatchEdits([r.to_dict() for r in run.records], run.summary(), delta_dir, batch_dir,
                       champion_answers, candidate_answers,
@@ -232,7 +249,8 @@ def edit_and_gate(base_ref: str, champion_delta: str | Path | None, champion_led
     before = {rid: evaluate.baseline(adapter, h) for rid, h in held.items()}
     t_load = time.perf_counter() - t0
     run, delta_dir, batch_dir, t_edit = _edit_loaded(adapter, base_ref, champ, requests, image_root, cfg, out_dir,
-                                                     fault, on_record, _prior_samples(prior, prior_root))
+                                                     fault, on_record, _prior_samples(prior, prior_root),
+                                                     _prior_support(prior, prior_root, cfg) if cfg.base.null_space else ())
     del adapter
     t2 = time.perf_counter()
     records = [r.to_dict() for r in run.records]
