@@ -24,7 +24,7 @@ class EditRecord:
     request_id: str
     request_hash: str
     method: str
-    status: str  # "ok" | "diverged" | "error"
+    status: str  # "ok" | "unreached" (below min_reliability: not applied) | "diverged" | "error"
     target: str
     answer_before: str | None = None
     answer_after: str | None = None
@@ -98,6 +98,7 @@ def run_edits(
     fault: dict[str, str] | None = None,
     keep: Sequence[Kept] = (),
     preserve: Sequence[Kept] = (),
+    min_reliability: float | None = None,
 ) -> EditRun:
     """Edit `adapter.model` with every request. Single mode leaves the model as it was;
     sequential mode leaves all successful edits applied (their deltas are in the run).
@@ -105,7 +106,11 @@ def run_edits(
     `keep` are earlier edits already in the model (lifelong editing): with the lifelong options
     of `config.base` they are replayed / preserved, and in sequential mode every successful
     edit of this run joins them for the edits after it. `preserve` is knowledge whose keys the
-    null-space constraint protects (`config.base.null_space`), together with `keep`."""
+    null-space constraint protects (`config.base.null_space`), together with `keep`.
+    `min_reliability` (PRODUCT, the lifecycle passes the gate's per-edit floor): an edit whose
+    reliability right after optimisation is below it did not take; it is undone and recorded
+    `unreached` (left out of the candidate, pending like a diverged one), not kept to fail the
+    whole batch later."""
     run = EditRun(config, sequential)
     edited: list[Sample] = []
     kept = list(keep)
@@ -137,8 +142,14 @@ def run_edits(
             record.delta_bytes = outcome.delta.nbytes
             record.post = evaluate.score(adapter, envset.heldout, before)
             record.answer_after = adapter.answer(edit_sample.prompt, edit_sample.image)
-            run.deltas[req.id] = outcome.delta
-            if sequential:
+            rel = record.post.reliability
+            if min_reliability is not None and (rel is None or rel < min_reliability):
+                remove_delta(adapter.model, outcome.restore)
+                record.status = "unreached"
+                record.error = (f"reliability {0.0 if rel is None else rel:.2f} < {min_reliability} after "
+                                f"{outcome.steps} steps: not applied")
+            elif sequential:
+                run.deltas[req.id] = outcome.delta
                 edited.append(edit_sample)
                 kept.append(Kept(edit_sample, subject_of(req), record.answer_before))
                 if bank is not None:  # later edits must not move this one (nor its other views)
@@ -146,6 +157,7 @@ def run_edits(
                     landed = [edit_sample] + [s for e in envset.train if e.kind == "SE" for s in e.samples]
                     bank.add(landed, [subject_of(req)] * len(landed))
             else:
+                run.deltas[req.id] = outcome.delta
                 remove_delta(adapter.model, outcome.restore)
         except EditDiverged as exc:
             record.status, record.error = "diverged", str(exc)

@@ -114,3 +114,21 @@ def test_sequential_edits_report_retention(adapter, world, world_requests):
                     sequential=True)
     assert all(r.status == "ok" for r in run.records)
     assert run.retention is not None and run.retention >= 2 / 3
+
+
+def test_edit_below_min_reliability_is_undone_and_marked_unreached(adapter, world, world_requests):
+    """An edit that does not take (reliability under the floor right after optimisation) is
+    undone bit for bit and left out; with enough steps the same edit lands."""
+    root, requests = world_requests
+    base = {k: v.clone() for k, v in adapter.model.state_dict().items()}
+    cfg = EditConfig(method="ft-l")
+    cfg.base.steps = 2  # too few steps: the first edit cannot reach its target
+    cfg.base.early_stop_loss = None
+    run = run_edits(adapter, requests[4:5], root, cfg, _pool(world), sequential=True, min_reliability=0.99)
+    assert [r.status for r in run.records] == ["unreached"] and "not applied" in run.records[0].error
+    assert run.deltas == {}
+    for k, v in adapter.model.state_dict().items():
+        assert torch.equal(v, base[k])
+    run = run_edits(adapter, requests[4:5], root, EditConfig(method="ft-l"), _pool(world), sequential=True,
+                    min_reliability=0.5)
+    assert run.records[0].status == "ok" and requests[4].id in run.deltas  # with the default steps it takes

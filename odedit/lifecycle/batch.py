@@ -119,7 +119,8 @@ def _prior_support(prior: Sequence[EditRequest], prior_image_root: str | Path | 
 
 
 def _edit_loaded(adapter, base_model: str, champ, requests: Sequence[EditRequest], image_root, cfg: EditConfig,
-                 out_dir: Path, fault, on_record, keep, support: Sequence = ()) -> tuple:
+                 out_dir: Path, fault, on_record, keep, support: Sequence = (),
+                 min_reliability: float | None = None) -> tuple:
     from odedit.delta import Delta
     from odedit.editing import run_edits
     from odedit.lifecycle.models import resolve_base
@@ -135,7 +136,7 @@ def _edit_loaded(adapter, base_model: str, champ, requests: Sequence[EditRequest
         + list(support) if cfg.base.null_space else ()
     t1 = time.perf_counter()
     run = run_edits(adapter, requests, image_root, cfg, pool, sequential=True, on_record=on_record, fault=fault,
-                    keep=keep, preserve=preserve)
+                    keep=keep, preserve=preserve, min_reliability=min_reliability)
     t_edit = time.perf_counter() - t1
     delta_dir = batch_dir = None
     ok = [r.request_id for r in run.records if r.status == "ok" and r.request_id in run.deltas]
@@ -218,7 +219,9 @@ def edit_and_gate(base_ref: str, champion_delta: str | Path | None, champion_led
 
     1. load base + champion delta; answer the fixed probes; take every request's pre-batch
        Baseline (held-out scores and locality logits) on the champion, BEFORE any edit;
-    2. edit sequentially (the champion ledger's live edits passed to the editor as `keep`);
+    2. edit sequentially (the champion ledger's live edits passed to the editor as `keep`); an
+       edit below the gate's per-edit reliability floor right after optimisation is undone and
+       recorded `unreached` (left out, pending), so one stubborn fact does not sink the batch;
     3. reload base + the composed delta (exactly what would be registered) and score it with
        `odedit.lifecycle.final.score_final`: this batch's edits, every earlier ledger edit,
        the regression probes;
@@ -250,7 +253,8 @@ def edit_and_gate(base_ref: str, champion_delta: str | Path | None, champion_led
     t_load = time.perf_counter() - t0
     run, delta_dir, batch_dir, t_edit = _edit_loaded(adapter, base_ref, champ, requests, image_root, cfg, out_dir,
                                                      fault, on_record, _prior_samples(prior, prior_root),
-                                                     _prior_support(prior, prior_root, cfg) if cfg.base.null_space else ())
+                                                     _prior_support(prior, prior_root, cfg) if cfg.base.null_space else (),
+                                                     (getattr(gate_cfg, "per_edit", None) or {}).get("reliability"))
     del adapter
     t2 = time.perf_counter()
     records = [r.to_dict() for r in run.records]
