@@ -10,9 +10,10 @@ final model:
   (b) every earlier ledger edit: reliability (and whether it holds, was superseded, or lost);
   (c) the fixed regression probes: an answer that changed counts unless the new answer is the
       target of a live edit about the probe's subject (an intended change).
-A batch item's locality probe that asks about a fact ANOTHER edit of the batch changes on
-purpose is left out of its locality (`intended_changes`, counted in `metrics`): its old answer
-is meant to change. The rule is the regression check's, made stricter: the probe names the
+A batch item's locality probe that asks about a fact a live edit changes on purpose (another
+edit of the batch, or an earlier ledger edit whose change reaches this probe only now) is left
+out of its locality (`intended_changes`, counted in `metrics`): its old answer is meant to
+change. The rule is the regression check's, made stricter: the probe names the
 edit's subject (text) or shows one of the edit's own images (image, same bytes), its recorded
 answer is the one the edit replaced, and the final model now answers the edit's target.
 Within one batch nothing is superseded: a batch whose second edit undoes its first loses its
@@ -123,16 +124,6 @@ def score_final(adapter, batch: Sequence[BatchItem], batch_image_root: str | Pat
     from odedit.lifecycle.batch import probe_answers
 
     out = FinalScores()
-    entries = [item.entry for item in batch]
-    exempt = {"t_loc": 0, "m_loc": 0}
-    for item in batch:
-        flags = intended_changes(adapter, item, entries)
-        s = evaluate.score(adapter, item.heldout, item.before, exclude=flags).to_dict()
-        s["intended_locality_changes"] = {k: sum(v) for k, v in flags.items()}
-        for k, v in flags.items():
-            exempt[k] += sum(v)
-        s["status"] = status_of(s["reliability"], superseded=False, threshold=HOLDS)
-        out.batch[item.entry.request_id] = s
     later_all = list(prior) + [item.entry for item in batch]
     for i, e in enumerate(prior):
         img = _entry_image(e, prior_image_root)
@@ -149,6 +140,15 @@ def score_final(adapter, batch: Sequence[BatchItem], batch_image_root: str | Pat
                                      "superseded_by": superseded_by}
 
     live = [item.entry for item in batch] + [e for e in prior if out.prior[e.request_hash]["status"] != "superseded"]
+    exempt = {"t_loc": 0, "m_loc": 0}
+    for item in batch:
+        flags = intended_changes(adapter, item, live)
+        s = evaluate.score(adapter, item.heldout, item.before, exclude=flags).to_dict()
+        s["intended_locality_changes"] = {k: sum(v) for k, v in flags.items()}
+        for k, v in flags.items():
+            exempt[k] += sum(v)
+        s["status"] = status_of(s["reliability"], superseded=False, threshold=HOLDS)
+        out.batch[item.entry.request_id] = s
     targets: dict[str, set[str]] = {}
     for e in live:
         if e.subject:
