@@ -107,7 +107,7 @@ def run_edits(
     of `config.base` they are replayed / preserved, and in sequential mode every successful
     edit of this run joins them for the edits after it. `preserve` is knowledge whose keys the
     null-space constraint protects (`config.base.null_space`), together with `keep`.
-    `min_reliability` (PRODUCT, the lifecycle passes the gate's per-edit floor): an edit whose
+    `min_reliability` (PRODUCT, the lifecycle passes the gate's `min_edit_reliability`): an edit whose
     reliability right after optimisation is below it did not take; it is undone and recorded
     `unreached` (left out of the candidate, pending like a diverged one), not kept to fail the
     whole batch later."""

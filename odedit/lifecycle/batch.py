@@ -220,13 +220,14 @@ def edit_and_gate(base_ref: str, champion_delta: str | Path | None, champion_led
     1. load base + champion delta; answer the fixed probes; take every request's pre-batch
        Baseline (held-out scores and locality logits) on the champion, BEFORE any edit;
     2. edit sequentially (the champion ledger's live edits passed to the editor as `keep`); an
-       edit below the gate's per-edit reliability floor right after optimisation is undone and
+       edit below the gate's `min_edit_reliability` right after optimisation is undone and
        recorded `unreached` (left out, pending), so one stubborn fact does not sink the batch;
     3. reload base + the composed delta (exactly what would be registered) and score it with
        `odedit.lifecycle.final.score_final`: this batch's edits, every earlier ledger edit,
        the regression probes;
     4. gate (`gate.evaluate_gate` on the final-model scores) and write the candidate's
-       ledger under `out_dir`/ledger.
+       ledger under `out_dir`/ledger and every final-model score with the verdict to
+       `out_dir`/final.json.
 
     `champion_ledger`: a `Ledger`, a ledger directory, or None (empty). To chain batches,
     feed `outcome.delta_dir` and `outcome.ledger_dir` of batch k as champion delta and ledger
@@ -254,7 +255,7 @@ def edit_and_gate(base_ref: str, champion_delta: str | Path | None, champion_led
     run, delta_dir, batch_dir, t_edit = _edit_loaded(adapter, base_ref, champ, requests, image_root, cfg, out_dir,
                                                      fault, on_record, _prior_samples(prior, prior_root),
                                                      _prior_support(prior, prior_root, cfg) if cfg.base.null_space else (),
-                                                     (getattr(gate_cfg, "per_edit", None) or {}).get("reliability"))
+                                                     getattr(gate_cfg, "min_edit_reliability", None) or None)
     del adapter
     t2 = time.perf_counter()
     records = [r.to_dict() for r in run.records]
@@ -281,6 +282,8 @@ def edit_and_gate(base_ref: str, champion_delta: str | Path | None, champion_led
                 e.status, e.scores = p["status"], {"reliability": p["reliability"], "superseded_by": p["superseded_by"]}
         ledger_dir = str(child.save(store))
         verdict = gate_mod.evaluate_gate(records, gate_cfg, fs.regression, fs.metrics)
+        (out_dir / "final.json").write_text(json.dumps({"verdict": verdict.to_dict(), **fs.to_dict()},
+                                                       indent=1, default=str))
         final, cand_answers = fs.to_dict(), fs.candidate_answers
     else:
         verdict = gate_mod.evaluate_gate(records, gate_cfg, None)

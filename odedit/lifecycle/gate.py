@@ -48,11 +48,14 @@ class GateConfig:
     min_batch_retention: float = 0.0  # mean final-model reliability of this batch's edits >=
     min_prior_retention: float = 0.0  # mean final-model reliability of earlier live edits >=
     locality_protocol: str = "answer"  # which locality protocol the thresholds apply to
+    # an edit whose reliability right after its own optimisation is below this did not take:
+    # it is undone, recorded `unreached` and left pending (odedit.editing.run_edits)
+    min_edit_reliability: float = 0.0
 
     def __post_init__(self):
         if self.locality_protocol not in ("answer", "easyedit"):
             raise ValueError(f"locality_protocol must be 'answer' or 'easyedit', got {self.locality_protocol!r}")
-        for name in ("min_batch_retention", "min_prior_retention", "max_regression_fraction"):
+        for name in ("min_batch_retention", "min_prior_retention", "max_regression_fraction", "min_edit_reliability"):
             v = float(getattr(self, name))
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {v}")
