@@ -211,9 +211,11 @@ def _lifelong(ref, adapter, world, methods, seeds, batches, batch_size, base, ou
                                    device=str(adapter.device))
 
             def show(row):
+                def pct(v):
+                    return "-" if v is None else f"{100 * v:.1f}"
                 console.print(f"  {row.method} seed {row.seed} batch {row.batch}: gate {row.gate}, live {row.live}, "
-                              f"retention {100 * (row.retention or 0):.1f}, regression {100 * (row.regression or 0):.1f}, "
-                              f"M-Gen {100 * (row.m_gen or 0):.1f}, T-Loc {100 * (row.t_loc or 0):.1f}, "
+                              f"retention {pct(row.retention)}, regression {pct(row.regression)}, "
+                              f"M-Gen {pct(row.m_gen)}, T-Loc {pct(row.t_loc)}, "
                               f"{row.seconds_per_edit:.2f} s/edit" + (f"; gate: {row.gate_reasons[0]}"
                                                                       if row.gate_reasons else ""), markup=False)
                 _append_partial(partial, [row], t0)

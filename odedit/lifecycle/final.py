@@ -10,12 +10,13 @@ final model:
   (b) every earlier ledger edit: reliability (and whether it holds, was superseded, or lost);
   (c) the fixed regression probes: an answer that changed counts unless the new answer is the
       target of a live edit about the probe's subject (an intended change).
-A batch item's locality probe that asks about a fact a live edit changes on purpose (another
-edit of the batch, or an earlier ledger edit whose change reaches this probe only now) is left
-out of its locality (`intended_changes`, counted in `metrics`): its old answer is meant to
-change. The rule is the regression check's, made stricter: the probe names the
-edit's subject (text) or shows one of the edit's own images (image, same bytes), its recorded
-answer is the one the edit replaced, and the final model now answers the edit's target.
+A batch item's locality probe that asks about a fact a live edit changed on purpose (another
+edit of the batch, or an earlier ledger edit) is not a probe of unrelated knowledge: it is left
+out of the item's locality (`intended_changes`, counted in `metrics`), whatever it answers now
+(a half-generalised edit's other phrasings drift from batch to batch: measured, bench/README).
+"About an edited fact": the probe names the edit's subject (text) or shows one of the edit's
+own images (image, same bytes), and its recorded answer is the answer the edit replaced
+(`pred`). The world benchmark's scorer leaves out the same probes from its world knowledge.
 Within one batch nothing is superseded: a batch whose second edit undoes its first loses its
 first edit and fails `min_batch_retention`.
 """
@@ -81,9 +82,10 @@ def _edit_images(entry: LedgerEntry) -> set[str]:
     return {Path(p).stem for p in paths}
 
 
-def intended_changes(adapter, item: BatchItem, edits: Sequence[LedgerEntry]) -> dict[str, list[bool]]:
+def intended_changes(item: BatchItem, edits: Sequence[LedgerEntry]) -> dict[str, list[bool]]:
     """Per locality probe of `item` ("t_loc", "m_loc" -> flags): True when the probe asks about a
-    fact one of `edits` changed on purpose (see the module doc), so its change is no leak."""
+    fact one of `edits` changed on purpose (see the module doc): not unrelated knowledge, so
+    whatever it answers now is no leak."""
     from odedit.lifecycle.gate import _norm_answer
 
     req = item.entry.request
@@ -96,10 +98,7 @@ def intended_changes(adapter, item: BatchItem, edits: Sequence[LedgerEntry]) -> 
             for e in edits:
                 linked = (stem in _edit_images(e)) if stem is not None else bool(e.subject and _names(s.prompt, e.subject))
                 was = e.request.get("pred")
-                if not linked or (was and _norm_answer(was) != _norm_answer(s.target)):
-                    continue
-                acc = answers_with(adapter, s.prompt, s.image, e.target)
-                if acc is not None and acc >= HOLDS:
+                if linked and was and _norm_answer(was) == _norm_answer(s.target):
                     hit = True
                     break
             flags.append(hit)
@@ -142,7 +141,7 @@ def score_final(adapter, batch: Sequence[BatchItem], batch_image_root: str | Pat
     live = [item.entry for item in batch] + [e for e in prior if out.prior[e.request_hash]["status"] != "superseded"]
     exempt = {"t_loc": 0, "m_loc": 0}
     for item in batch:
-        flags = intended_changes(adapter, item, live)
+        flags = intended_changes(item, live)
         s = evaluate.score(adapter, item.heldout, item.before, exclude=flags).to_dict()
         s["intended_locality_changes"] = {k: sum(v) for k, v in flags.items()}
         for k, v in flags.items():
