@@ -49,6 +49,10 @@ def test_regression_exempts_only_changes_to_a_live_edits_target():
     assert [c["probe"] for c in r["intended"]] == ["p1"] and r["changed_fraction"] == 0.5
     assert not evaluate_gate([rec("a")], GateConfig(max_regression_fraction=0.1), r).passed
     assert evaluate_gate([rec("a")], GateConfig(max_regression_fraction=0.5), r).passed
+    # p4 answered "d", the old value of a fact a live edit about yorp changed: it asks that
+    # fact, so its drift is no regression; p3 (another subject) still counts
+    r = regression_check(probes, champ, cand, {"yorp": {"gorrin"}}, {"yorp": {"d", "gorrin"}, "zib": {"x"}})
+    assert [c["probe"] for c in r["changed"]] == ["p3"] and [c["probe"] for c in r["intended"]] == ["p1", "p4"]
 
 
 def test_thresholds_apply_to_final_model_scores_and_retention():

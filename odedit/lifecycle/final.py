@@ -9,7 +9,8 @@ final model:
       logits, taken before any edit of the batch);
   (b) every earlier ledger edit: reliability (and whether it holds, was superseded, or lost);
   (c) the fixed regression probes: an answer that changed counts unless the new answer is the
-      target of a live edit about the probe's subject (an intended change).
+      target of a live edit about the probe's subject (an intended change), or the probe asks
+      a fact a live edit changed (its champion answer was that fact's old or new value).
 A batch item's locality probe that asks about a fact a live edit changed on purpose (another
 edit of the batch, or an earlier ledger edit) is not a probe of unrelated knowledge: it is left
 out of the item's locality (`intended_changes`, counted in `metrics`), whatever it answers now
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from odedit.lifecycle.gate import SCORES, Probe, regression_check
-from odedit.lifecycle.ledger import LedgerEntry, same_thing, status_of
+from odedit.lifecycle.ledger import LedgerEntry, live_facts, same_thing, status_of
 
 HOLDS = 0.999
 
@@ -153,7 +154,7 @@ def score_final(adapter, batch: Sequence[BatchItem], batch_image_root: str | Pat
         if e.subject:
             targets.setdefault(e.subject, set()).add(e.target)
     out.candidate_answers = probe_answers(adapter, probes, probe_dir)
-    out.regression = regression_check(list(probes), champion_answers, out.candidate_answers, targets)
+    out.regression = regression_check(list(probes), champion_answers, out.candidate_answers, targets, live_facts(live))
 
     m = out.metrics
     m["batch_retention"] = _mean(s["reliability"] for s in out.batch.values())

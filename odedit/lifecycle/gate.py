@@ -139,12 +139,16 @@ def _norm_answer(a) -> str:
 
 
 def regression_check(probes: list[Probe], champion: Mapping[str, str], candidate: Mapping[str, str],
-                     intended: Mapping[str, Iterable[str]] | None = None) -> dict:
+                     intended: Mapping[str, Iterable[str]] | None = None,
+                     edited: Mapping[str, Iterable[str]] | None = None) -> dict:
     """Which fixed probes changed their answer between champion and candidate. A change is
     exempt (an intended change) only when the probe's new answer equals the target of a live
-    edit about the probe's subject: `intended` maps subject -> targets of live edits. Every
+    edit about the probe's subject (`intended`: subject -> targets of live edits), or when the
+    probe asks a fact a live edit changed: its champion answer was that fact's old or new
+    value (`edited`: subject -> `pred` and target of live edits; `ledger.live_facts`). Every
     other change counts, edited subject or not."""
     wanted = {str(k).lower(): {_norm_answer(t) for t in v} for k, v in (intended or {}).items()}
+    facts = {str(k).lower(): {_norm_answer(t) for t in v if t} for k, v in (edited or {}).items()}
     changed, exempt = [], []
     for p in probes:
         old, new = champion.get(p.id), candidate.get(p.id)
@@ -152,7 +156,8 @@ def regression_check(probes: list[Probe], champion: Mapping[str, str], candidate
             continue
         row = {"probe": p.id, "prompt": p.prompt, "image": p.image, "subject": p.subject,
                "champion": old, "candidate": new}
-        if p.subject and _norm_answer(new) in wanted.get(p.subject.lower(), set()):
+        subj = (p.subject or "").lower()
+        if subj and (_norm_answer(new) in wanted.get(subj, set()) or _norm_answer(old) in facts.get(subj, set())):
             exempt.append(row)
         else:
             changed.append(row)

@@ -194,3 +194,13 @@ def live_targets(entries: Sequence[LedgerEntry]) -> dict[str, set[str]]:
         if e.status != "superseded" and e.subject:
             out.setdefault(e.subject, set()).add(e.target)
     return out
+
+
+def live_facts(entries: Sequence[LedgerEntry]) -> dict[str, set[str]]:
+    """subject (lower case) -> the old (`pred`) and new values of the facts live edits changed:
+    an answer among them, about that subject, is an answer to an edited fact."""
+    out: dict[str, set[str]] = {}
+    for e in entries:
+        if e.status != "superseded" and e.subject:
+            out.setdefault(e.subject, set()).update(v for v in (e.request.get("pred"), e.target) if v)
+    return out

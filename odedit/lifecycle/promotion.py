@@ -13,12 +13,15 @@ from odedit.lifecycle.batch import probe_answers
 
 def recheck(base_ref: str, champion_delta: str | Path, candidate_delta: str | Path, probes: Sequence[gate.Probe],
             probe_dir: str | Path | None, intended: Mapping[str, Iterable[str]], records: list[dict],
-            cfg: gate.GateConfig, final_metrics: Mapping | None = None) -> gate.GateVerdict:
+            cfg: gate.GateConfig, final_metrics: Mapping | None = None,
+            edited: Mapping[str, Iterable[str]] | None = None) -> gate.GateVerdict:
     """`intended`: subject -> targets of the candidate ledger's live edits (a probe whose new
-    answer is one of them changed on purpose); `records` / `final_metrics`: the final-model
+    answer is one of them changed on purpose); `edited`: subject -> old and new values of those
+    edits' facts (`ledger.live_facts`); `records` / `final_metrics`: the final-model
     scores measured when the candidate's batches were gated."""
     from odedit.lifecycle.models import load_edited
 
     champ = probe_answers(load_edited(base_ref, champion_delta), probes, probe_dir)
     cand = probe_answers(load_edited(base_ref, candidate_delta), probes, probe_dir)
-    return gate.evaluate_gate(records, cfg, gate.regression_check(list(probes), champ, cand, intended), final_metrics)
+    return gate.evaluate_gate(records, cfg, gate.regression_check(list(probes), champ, cand, intended, edited),
+                              final_metrics)
