@@ -127,3 +127,18 @@ def test_locality_probe_about_a_fact_the_batch_edits_is_an_intended_change(adapt
     assert fa["intended_locality_changes"]["m_loc"] == 1  # that one probe, not A's unrelated ones
     assert out.final["metrics"]["final.m_locality.intended_changes"] >= 1
     assert fa["m_locality"] is None or fa["m_locality"] > 0.5
+
+
+def test_a_superseded_entry_stays_superseded(adapter, world_requests, tmp_path):
+    """An edit a later edit replaced is not owed any more: when its prompt later answers neither
+    target it stays `superseded` (not `lost`, which would count against prior retention)."""
+    from odedit.lifecycle.final import score_final
+
+    root, reqs = world_requests
+    first = entry_from_request(reqs[0].model_copy(update={"alt": "zzqx"}), "h0", root, tmp_path, status="superseded",
+                               scores={"reliability": 0.0, "superseded_by": "r2"})
+    second = entry_from_request(reqs[0].model_copy(update={"id": "r2", "alt": "qqzx"}), "h1", root, tmp_path)
+    fs = score_final(adapter, [], None, [first, second], tmp_path, [], None, {})
+    assert fs.prior["h0"]["status"] == "superseded" and fs.prior["h0"]["superseded_by"] == "r2"
+    assert fs.prior["h1"]["status"] == "lost"  # the model answers neither invented target
+    assert fs.metrics["prior_retention"] == 0.0  # only the live (second) edit counts

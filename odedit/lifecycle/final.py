@@ -7,7 +7,8 @@ final model:
   (a) every successful edit of this batch: reliability on its edit prompt + image and its
       held-out T-Gen / M-Gen / T-Loc / M-Loc (locality against the champion's PRE-BATCH
       logits, taken before any edit of the batch);
-  (b) every earlier ledger edit: reliability (and whether it holds, was superseded, or lost);
+  (b) every earlier ledger edit: reliability (and whether it holds, was superseded, or lost; an
+      entry superseded in the parent ledger stays superseded unless it answers its target);
   (c) the fixed regression probes: an answer that changed counts unless the new answer is the
       target of a live edit about the probe's subject (an intended change), or the probe asks
       a fact a live edit changed (its champion answer was that fact's old or new value).
@@ -128,8 +129,10 @@ def score_final(adapter, batch: Sequence[BatchItem], batch_image_root: str | Pat
     for i, e in enumerate(prior):
         img = _entry_image(e, prior_image_root)
         rel = answers_with(adapter, e.request["src"], img, e.target)
-        superseded_by = None
-        if rel is None or rel < HOLDS:
+        # superseded once, superseded for good: a later edit replaced that fact on purpose, so
+        # what its prompt answers now is that later edit's business, not a lost edit
+        superseded_by = (e.scores or {}).get("superseded_by") or "earlier batch" if e.status == "superseded" else None
+        if superseded_by is None and (rel is None or rel < HOLDS):
             for later in later_all[i + 1:]:
                 if same_thing(e, later) and later.target != e.target:
                     acc = answers_with(adapter, e.request["src"], img, later.target)
