@@ -55,7 +55,7 @@ def resolve_candidate(name: str, version: str | None, tracking_uri: str | None) 
 def recheck_gate(name: str, info: dict, gate_cfg: gate.GateConfig, tracking_uri: str | None, work: str) -> gate.GateVerdict:
     client = registry.connect(tracking_uri)
     base = registry.base_ref(client, name)
-    from odedit.lifecycle.ledger import live_facts, live_targets, load_ledger
+    from odedit.lifecycle.ledger import edited_facts, load_ledger
 
     # the re-check runs on the artifacts that will be served, downloaded through the verifying
     # path: a version whose artifacts differ from its registered digests is refused here
@@ -66,9 +66,9 @@ def recheck_gate(name: str, info: dict, gate_cfg: gate.GateConfig, tracking_uri:
         run_logger().warning("re-check of version %s refused: IntegrityError: %s", info["version"], exc)
         return gate.GateVerdict(False, [f"IntegrityError: {exc}"], {}, {})
     probes, pdir = registry.download_probes(client, name, Path(work) / "probes")
-    entries = load_ledger(cand_ledger).entries
-    verdict = promotion.recheck(base, champ, cand, probes, pdir, live_targets(entries), info["records"], gate_cfg,
-                                info.get("final_metrics"), live_facts(entries))
+    targets, values = edited_facts(load_ledger(cand_ledger).live())
+    verdict = promotion.recheck(base, champ, cand, probes, pdir, targets, info["records"], gate_cfg,
+                                info.get("final_metrics"), values)
     run_logger().info("re-check of version %s against champion %s: %s %s", info["version"], info["champion"],
                           "PASSED" if verdict.passed else "FAILED", "; ".join(verdict.reasons))
     return verdict

@@ -82,17 +82,6 @@ def probe_answers(adapter, probes: Sequence[Probe], image_dir: str | Path | None
             for p in probes}
 
 
-@dataclass
-class BatchEdits:
-    records: list[dict]
-    summary: dict
-    delta_dir: str | None  # composed delta (base -> candidate), None when no edit succeeded
-    batch_delta_dir: str | None  # this batch's edits only (champion -> candidate)
-    champion_answers: dict[str, str] = field(default_factory=dict)
-    candidate_answers: dict[str, str] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
-
-
 def _prior_samples(prior: Sequence[EditRequest], prior_image_root: str | Path | None) -> list:
     """The champion's live edits as `Kept` items: the sample that must keep its target, the
     subject, and the answer the edit replaced (no longer knowledge to preserve)."""
@@ -119,8 +108,10 @@ def _prior_support(prior: Sequence[EditRequest], prior_image_root: str | Path | 
 
 
 def _edit_loaded(adapter, base_model: str, champ, requests: Sequence[EditRequest], image_root, cfg: EditConfig,
-                 out_dir: Path, fault, on_record, keep, support: Sequence = (),
+                 out_dir: Path, fault, on_record, prior: Sequence[EditRequest], prior_root: str | Path | None,
                  min_reliability: float | None = None) -> tuple:
+    """Edit the loaded champion with `requests` in sequence, the champion ledger's live edits
+    (`prior`, images under `prior_root`) kept; write the composed and the batch delta."""
     from odedit.delta import Delta
     from odedit.editing import run_edits
     from odedit.lifecycle.models import resolve_base
@@ -133,10 +124,10 @@ def _edit_loaded(adapter, base_model: str, champ, requests: Sequence[EditRequest
     pool = locality_pool_for(adapter, base, requests, image_root, seed=cfg.seed, answers=answers)
     preserve = preservation_for(adapter, base, requests, image_root, seed=cfg.seed, answers=answers,
                                 views=cfg.base.preserve_views, phrasings=cfg.base.preserve_phrasings) \
-        + list(support) if cfg.base.null_space else ()
+        + _prior_support(prior, prior_root, cfg) if cfg.base.null_space else ()
     t1 = time.perf_counter()
     run = run_edits(adapter, requests, image_root, cfg, pool, sequential=True, on_record=on_record, fault=fault,
-                    keep=keep, preserve=preserve, min_reliability=min_reliability)
+                    keep=_prior_samples(prior, prior_root), preserve=preserve, min_reliability=min_reliability)
     t_edit = time.perf_counter() - t1
     delta_dir = batch_dir = None
     ok = [r.request_id for r in run.records if r.status == "ok" and r.request_id in run.deltas]
@@ -158,32 +149,6 @@ def _load_champion_delta(champion_delta):
     if champion_delta and (Path(champion_delta) / "delta.json").is_file():
         return Delta.load(champion_delta)
     return Delta({}, {})
-
-
-def edit_champion(base_model: str, champion_delta: str | Path | None, requests: Sequence[EditRequest],
-                  image_root: str | Path, cfg: EditConfig, probes: Sequence[Probe], probe_dir: str | Path | None,
-                  out_dir: str | Path, fault: dict[str, str] | None = None, device: str | None = None,
-                  on_record: Callable | None = None, prior: Sequence[EditRequest] = (),
-                  prior_image_root: str | Path | None = None) -> BatchEdits:
-    """Load the base, apply the champion's delta, apply the requests one after another
-    (sequential editing), and write the composed delta of the candidate under `out_dir`.
-    Failed (diverged / errored) edits are left out of the candidate. `prior` (the champion
-    ledger's live edits, images under `prior_image_root`) is passed to the editor as `keep`."""
-    from odedit.lifecycle.models import load_edited
-
-    t0 = time.perf_counter()
-    adapter = load_edited(base_model, champion_delta, device=device)
-    champ = _load_champion_delta(champion_delta)
-    t_load = time.perf_counter() - t0
-    champion_answers = probe_answers(adapter, probes, probe_dir)
-    run, delta_dir, batch_dir, t_edit = _edit_loaded(adapter, base_model, champ, requests, image_root, cfg,
-                                                     Path(out_dir), fault, on_record,
-                                                     _prior_samples(prior, prior_image_root),
-                                                     _prior_support(prior, prior_image_root, cfg) if cfg.base.null_space else ())
-    candidate_answers = probe_answers(adapter, probes, probe_dir)
-    return BatchEdits([r.to_dict() for r in run.records], run.summary(), delta_dir, batch_dir,
-                      champion_answers, candidate_answers,
-                      {"load_s": t_load, "edit_s": t_edit, "probe_s": time.perf_counter() - t0 - t_load - t_edit})
 
 
 @dataclass
@@ -253,8 +218,7 @@ def edit_and_gate(base_ref: str, champion_delta: str | Path | None, champion_led
     before = {rid: evaluate.baseline(adapter, h) for rid, h in held.items()}
     t_load = time.perf_counter() - t0
     run, delta_dir, batch_dir, t_edit = _edit_loaded(adapter, base_ref, champ, requests, image_root, cfg, out_dir,
-                                                     fault, on_record, _prior_samples(prior, prior_root),
-                                                     _prior_support(prior, prior_root, cfg) if cfg.base.null_space else (),
+                                                     fault, on_record, prior, prior_root,
                                                      getattr(gate_cfg, "min_edit_reliability", None) or None)
     del adapter
     t2 = time.perf_counter()

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from odedit.lifecycle.gate import SCORES, Probe, regression_check
-from odedit.lifecycle.ledger import LedgerEntry, live_facts, same_thing, status_of
+from odedit.lifecycle.ledger import LedgerEntry, edited_facts, same_thing, status_of
 
 HOLDS = 0.999
 
@@ -90,21 +90,15 @@ def intended_changes(item: BatchItem, edits: Sequence[LedgerEntry]) -> dict[str,
     whatever it answers now is no leak."""
     from odedit.lifecycle.gate import _norm_answer
 
+    facts = [(e.subject, _edit_images(e), _norm_answer(e.request["pred"])) for e in edits if e.request.get("pred")]
     req = item.entry.request
     out = {}
     for kind, samples, images in (("t_loc", item.heldout.t_loc, [None] * len(item.heldout.t_loc)),
                                   ("m_loc", item.heldout.m_loc, [Path(p).stem for p in req.get("m_loc") or []])):
-        flags = []
-        for s, stem in zip(samples, images):
-            hit = False
-            for e in edits:
-                linked = (stem in _edit_images(e)) if stem is not None else bool(e.subject and _names(s.prompt, e.subject))
-                was = e.request.get("pred")
-                if linked and was and _norm_answer(was) == _norm_answer(s.target):
-                    hit = True
-                    break
-            flags.append(hit)
-        out[kind] = flags
+        out[kind] = [any(was == _norm_answer(s.target) and
+                         ((stem in shown) if stem is not None else bool(subject and _names(s.prompt, subject)))
+                         for subject, shown, was in facts)
+                     for s, stem in zip(samples, images)]
     return out
 
 
@@ -152,12 +146,8 @@ def score_final(adapter, batch: Sequence[BatchItem], batch_image_root: str | Pat
             exempt[k] += sum(v)
         s["status"] = status_of(s["reliability"], superseded=False, threshold=HOLDS)
         out.batch[item.entry.request_id] = s
-    targets: dict[str, set[str]] = {}
-    for e in live:
-        if e.subject:
-            targets.setdefault(e.subject, set()).add(e.target)
     out.candidate_answers = probe_answers(adapter, probes, probe_dir)
-    out.regression = regression_check(list(probes), champion_answers, out.candidate_answers, targets, live_facts(live))
+    out.regression = regression_check(list(probes), champion_answers, out.candidate_answers, *edited_facts(live))
 
     m = out.metrics
     m["batch_retention"] = _mean(s["reliability"] for s in out.batch.values())

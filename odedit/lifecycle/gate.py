@@ -145,7 +145,7 @@ def regression_check(probes: list[Probe], champion: Mapping[str, str], candidate
     exempt (an intended change) only when the probe's new answer equals the target of a live
     edit about the probe's subject (`intended`: subject -> targets of live edits), or when the
     probe asks a fact a live edit changed: its champion answer was that fact's old or new
-    value (`edited`: subject -> `pred` and target of live edits; `ledger.live_facts`). Every
+    value (`edited`: subject -> `pred` and target of live edits; `ledger.edited_facts`). Every
     other change counts, edited subject or not."""
     wanted = {str(k).lower(): {_norm_answer(t) for t in v} for k, v in (intended or {}).items()}
     facts = {str(k).lower(): {_norm_answer(t) for t in v if t} for k, v in (edited or {}).items()}

@@ -74,7 +74,11 @@ class Ledger:
     def live_requests(self) -> tuple[list[EditRequest], Path | None]:
         """(requests, image_root) of the edits the model should still serve: every entry not
         superseded by a later edit. Image paths are relative to `image_root`."""
-        return [e.to_request() for e in self.entries if e.status != "superseded"], self.root
+        return [e.to_request() for e in self.live()], self.root
+
+    def live(self) -> list[LedgerEntry]:
+        """The entries not superseded by a later edit."""
+        return [e for e in self.entries if e.status != "superseded"]
 
     def holding_hashes(self) -> dict[str, str]:
         """request hash -> request id of the entries whose status is `holds`."""
@@ -187,20 +191,14 @@ def status_of(reliability: float | None, superseded: bool, threshold: float = 0.
     return "superseded" if superseded else "lost"
 
 
-def live_targets(entries: Sequence[LedgerEntry]) -> dict[str, set[str]]:
-    """subject (lower case) -> targets of the live (not superseded) edits about it."""
-    out: dict[str, set[str]] = {}
+def edited_facts(entries: Sequence[LedgerEntry]) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """(targets, values) of the facts `entries` changed, by subject (lower case): `targets` holds
+    each edit's new answer, `values` its old (`pred`) and new answers (an answer among them,
+    about that subject, answers an edited fact). The caller passes the live entries."""
+    targets: dict[str, set[str]] = {}
+    values: dict[str, set[str]] = {}
     for e in entries:
-        if e.status != "superseded" and e.subject:
-            out.setdefault(e.subject, set()).add(e.target)
-    return out
-
-
-def live_facts(entries: Sequence[LedgerEntry]) -> dict[str, set[str]]:
-    """subject (lower case) -> the old (`pred`) and new values of the facts live edits changed:
-    an answer among them, about that subject, is an answer to an edited fact."""
-    out: dict[str, set[str]] = {}
-    for e in entries:
-        if e.status != "superseded" and e.subject:
-            out.setdefault(e.subject, set()).update(v for v in (e.request.get("pred"), e.target) if v)
-    return out
+        if e.subject:
+            targets.setdefault(e.subject, set()).add(e.target)
+            values.setdefault(e.subject, set()).update(v for v in (e.request.get("pred"), e.target) if v)
+    return targets, values

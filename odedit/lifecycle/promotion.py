@@ -17,7 +17,7 @@ def recheck(base_ref: str, champion_delta: str | Path, candidate_delta: str | Pa
             edited: Mapping[str, Iterable[str]] | None = None) -> gate.GateVerdict:
     """`intended`: subject -> targets of the candidate ledger's live edits (a probe whose new
     answer is one of them changed on purpose); `edited`: subject -> old and new values of those
-    edits' facts (`ledger.live_facts`); `records` / `final_metrics`: the final-model
+    edits' facts (`ledger.edited_facts`); `records` / `final_metrics`: the final-model
     scores measured when the candidate's batches were gated."""
     from odedit.lifecycle.models import load_edited
 
