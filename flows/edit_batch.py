@@ -59,6 +59,14 @@ def _edit_metrics(records: list[dict]) -> dict:
     return out
 
 
+def _edit_series(records: list[dict]) -> dict:
+    """Per-step series `edit/<id>/trajectory.<loss|lam|tv_penalty>` (MLflow step = optimisation step)."""
+    from schemas.ids import safe_id
+
+    return {f"edit/{safe_id(r['request_id'], sep='/')}/trajectory.{k}": v
+            for r in records for k, v in (r.get("trajectory") or {}).items()}
+
+
 def _final_metrics(out: batch.BatchOutcome) -> dict:
     m = {f"final/{k}": v for k, v in (out.final.get("metrics") or {}).items()}
     for r in out.records:
@@ -161,7 +169,8 @@ def _edit_batch(source, name, method, gate_config, deployment, model, seed, step
                     "batch/seconds_edit": edits.timings["edit_s"]}
         metrics |= _edit_metrics(edits.records)
         metrics |= _final_metrics(edits)
-        tr.log_results(run_id, metrics, str(art), {T + "gate": "passed" if verdict.passed else "failed"}, tracking_uri)
+        tr.log_results(run_id, metrics, str(art), {T + "gate": "passed" if verdict.passed else "failed"}, tracking_uri,
+                       series=_edit_series(edits.records))
 
         if verdict.passed and edits.delta_dir:
             tags = {T + "kind": "edit-batch", T + "parent_version": parent, T + "run_id": run_id,

@@ -63,8 +63,15 @@ class ODEditConfig:
     tv_warmup_steps: int = 5  # penalty annealed in after these steps (INFERRED from IRM-TV code)
     lambda_init: float = 1.0  # initial penalty weight lambda (INFERRED)
     lambda_hidden: int = 16  # lambda-network hidden width (IRM-TV reference: Linear-ReLU-Linear-Softplus)
-    lambda_features: int = 32  # random-projection size of the compressed edit parameters (INFERRED)
-    lambda_lr: float = 1e-2  # gamma2, dual ascent step on the lambda network (INFERRED)
+    lambda_features: int = 32  # count-sketch size of the compressed edit parameters (INFERRED)
+    # Dual ascent (PAPER Eq. 13: a step on lambda's parameters at phi^{k+1}, after the primal step).
+    # The dual objective is lambda * (TV / tv_level - 1), the Lagrangian of the constraint
+    # TV <= tv_level (INFERRED: the paper's dual gradient, lambda * TV, can only raise lambda), so
+    # lambda rises while the risks still differ across environments and falls once they agree;
+    # dividing by tv_level (and clipping to [-1, 1]) makes gamma2 unit-free. dual=False keeps lambda at lambda_init (ablation [-dual]).
+    dual: bool = True
+    tv_level: float = 0.05  # the constraint level on the TV penalty (INFERRED; TV is ~0.2-0.4 before an edit)
+    lambda_lr: float = 0.1  # gamma2, dual ascent step on the lambda network (INFERRED)
     lambda_max: float = 100.0  # clamp on lambda (INFERRED, keeps the dual step bounded)
     n_image_aug: int = 2  # SE image transformations of the edit image (INFERRED)
     n_out_text: int = 4  # OUT text-only probes per step, from the locality pool (PRODUCT)

@@ -34,6 +34,9 @@ class EditRecord:
     seconds: float = 0.0
     delta_bytes: int = 0
     error: str | None = None
+    # per optimisation step: "loss" (the objective) and, for ODEdit, "lam" (the dual variable
+    # lambda, PAPER Eq. 13) and "tv_penalty" once the penalty is on (None before)
+    trajectory: dict[str, list[float | None]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -50,6 +53,19 @@ class Kept:
     sample: Sample
     subject: str | None = None
     replaced: str | None = None
+
+
+TRAJECTORY_KEYS = ("lam", "tv_penalty")
+
+
+def trajectory(losses: Sequence[float], stats: Sequence[dict]) -> dict[str, list[float | None]]:
+    """The per-step series an edit records: its loss, and lambda / the TV penalty where ODEdit
+    computed them (None on the warm-up steps before the penalty is on)."""
+    out: dict[str, list[float | None]] = {"loss": [float(x) for x in losses]}
+    for key in TRAJECTORY_KEYS:
+        if any(key in st for st in stats):
+            out[key] = [st.get(key) for st in stats]
+    return out
 
 
 def subject_of(request: EditRequest) -> str:
@@ -139,6 +155,7 @@ def run_edits(
                                     projection=bank.projector(subject_of(req), record.answer_before)
                                     if bank is not None else None)
             record.steps, record.seconds = outcome.steps, outcome.seconds
+            record.trajectory = trajectory(outcome.losses, outcome.stats)
             record.delta_bytes = outcome.delta.nbytes
             record.post = evaluate.score(adapter, envset.heldout, before)
             record.answer_after = adapter.answer(edit_sample.prompt, edit_sample.image)

@@ -22,7 +22,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import mlflow
 from mlflow.entities import RunStatus
@@ -491,6 +491,16 @@ def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float | No
 
     ts = int(time.time() * 1000)
     ms = [Metric(k, float(v), ts, 0) for k, v in metrics.items() if v is not None]
+    for i in range(0, len(ms), 500):
+        client.log_batch(run_id, metrics=ms[i:i + 500])
+
+
+def log_series(client: MlflowClient, run_id: str, series: dict[str, Sequence[float | None]]) -> None:
+    """Step-indexed metrics (one point per optimisation step; None points are skipped)."""
+    from mlflow.entities import Metric
+
+    ts = int(time.time() * 1000)
+    ms = [Metric(k, float(v), ts, step) for k, vs in series.items() for step, v in enumerate(vs) if v is not None]
     for i in range(0, len(ms), 500):
         client.log_batch(run_id, metrics=ms[i:i + 500])
 

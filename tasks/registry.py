@@ -74,9 +74,11 @@ def start_run(name: str, batch_id: str, params: dict, tags: dict, tracking_uri: 
 
 
 @_task("log-results")
-def log_results(run_id: str, metrics: dict, artifacts_dir: str, tags: dict, tracking_uri: str | None) -> None:
+def log_results(run_id: str, metrics: dict, artifacts_dir: str, tags: dict, tracking_uri: str | None,
+                series: dict | None = None) -> None:
     client = registry.connect(tracking_uri)
     registry.log_metrics(client, run_id, metrics)
+    registry.log_series(client, run_id, series or {})
     registry.log_artifacts(client, run_id, Path(artifacts_dir))
     registry.set_run_tags(client, run_id, tags)
 

@@ -37,6 +37,12 @@ def test_batch_promote_rollback_history(harness, tiny_model, state):
     assert "batch/post.reliability" in run.data.metrics
     assert {"final/batch_retention", "final/final.reliability", "final/regression.changed_fraction"} <= set(
         run.data.metrics)  # the gate scored the final candidate
+    # each edit's optimisation trajectory is a step-indexed series (one point per step)
+    traj = [k for k in run.data.metrics if k.startswith("edit/") and k.endswith("/trajectory.loss")]
+    assert len(traj) == 2
+    assert [m.step for m in c.get_metric_history(res["run_id"], traj[0])] == list(
+        range(len(c.get_metric_history(res["run_id"], traj[0]))))
+    assert len(c.get_metric_history(res["run_id"], traj[0])) > 1
     arts = {a.path for a in c.list_artifacts(res["run_id"])}
     assert {"requests.jsonl", "gate_report.json", "environment_sets.json", "before_after.png", "edits.json",
             "validation", "model"} <= arts or {"requests.jsonl", "gate_report.json", "edits.json"} <= arts

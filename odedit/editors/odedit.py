@@ -10,9 +10,11 @@ G = R_rel(IN) + mean_SE R_gen + mean_OUT R_loc + lambda(delta, phi_e) * (mean_e 
           (INFERRED placement), so every risk is a function of w
   penalty total variation (TV-l1) of the environment risks w.r.t. w: (mean_e |dR_e/dw|)^2,
           taken ACROSS ENVIRONMENTS (PAPER Eq. 9, after IRM-TV, Lai & Wang 2024)
-  lambda  a small network Linear-ReLU-Linear-Softplus over a fixed random projection of the
-          edit's parameter change (INFERRED compression); updated by dual ASCENT
-          (PAPER Eq. 13), annealed in after `tv_warmup_steps` and clamped to [0, lambda_max]
+  lambda  a small network Linear-ReLU-Linear-Softplus over a count sketch of the edit's
+          parameter change (INFERRED compression, O(edited parameters) memory); updated by dual
+          ASCENT at phi^{k+1} (PAPER Eq. 13) on lambda * (TV / tv_level - 1) (INFERRED constraint
+          level: lambda falls once the risks agree across environments), annealed in after
+          `tv_warmup_steps`, clamped to [0, lambda_max]; dual=False keeps it at lambda_init
 """
 
 from __future__ import annotations
@@ -28,16 +30,26 @@ from odedit.models.adapter import MLLMAdapter
 
 
 class LambdaNet(torch.nn.Module):
-    """lambda(delta, phi_e) >= 0 from a compressed view of the edit's parameter change."""
+    """lambda(delta, phi_e) >= 0 from a compressed view of the edit's parameter change.
+
+    The compression is a count sketch (INFERRED): each edited scalar adds +-its change into one
+    of `lambda_features` buckets, chosen by a seeded hash. It approximately preserves inner
+    products like a dense random projection, at O(edited parameters) memory (a uint8 bucket and a
+    sign per scalar, ~2 bytes each) instead of O(edited parameters x features) floats."""
+
+    CHUNK = 1 << 20
 
     def __init__(self, params: list[torch.nn.Parameter], config: ODEditConfig, seed: int):
         super().__init__()
+        if not 1 <= config.lambda_features <= 256:
+            raise ValueError("lambda_features must be in 1..256 (a uint8 bucket per parameter)")
         self.config = config
         self.origin = [p.detach().clone() for p in params]
         gen = torch.Generator().manual_seed(seed)
         n = sum(p.numel() for p in params)
-        # Fixed random projection R^n -> R^k (INFERRED), scaled to keep features O(|delta|).
-        self._proj = torch.randn(n, config.lambda_features, generator=gen) / math.sqrt(n)
+        self._bucket = torch.randint(0, config.lambda_features, (n,), generator=gen, dtype=torch.uint8)
+        self._sign = (torch.randint(0, 2, (n,), generator=gen, dtype=torch.int8) * 2 - 1)
+        self._scale = 1.0 / math.sqrt(max(1.0, n / config.lambda_features))  # features O(|delta|)
         self.net = torch.nn.Sequential(
             torch.nn.Linear(config.lambda_features, config.lambda_hidden),
             torch.nn.ReLU(),
@@ -47,10 +59,22 @@ class LambdaNet(torch.nn.Module):
             self.net[2].weight.mul_(0.01)
             self.net[2].bias.fill_(math.log(math.expm1(max(config.lambda_init, 1e-4))))
 
+    @torch.no_grad()
+    def features(self, params: list[torch.nn.Parameter]) -> torch.Tensor:
+        """The count sketch of the change (detached: lambda is the dual variable, INFERRED)."""
+        out = torch.zeros(self.config.lambda_features, dtype=torch.float32)
+        start = 0
+        for p, o in zip(params, self.origin):
+            flat = (p.detach() - o).flatten().float().cpu()
+            for i in range(0, flat.numel(), self.CHUNK):
+                part = flat[i:i + self.CHUNK]
+                sl = slice(start + i, start + i + part.numel())
+                out.index_add_(0, self._bucket[sl].long(), part * self._sign[sl])
+            start += flat.numel()
+        return out * self._scale
+
     def forward(self, params: list[torch.nn.Parameter]) -> torch.Tensor:
-        delta = torch.cat([(p.detach() - o).flatten().float().cpu() for p, o in zip(params, self.origin)])
-        features = delta @ self._proj  # detached from phi_e (INFERRED: lambda is the dual variable)
-        lam = torch.nn.functional.softplus(self.net(features)).squeeze()
+        lam = torch.nn.functional.softplus(self.net(self.features(params))).squeeze()
         return lam.clamp(max=self.config.lambda_max)
 
 
@@ -66,6 +90,7 @@ class ODEditObjective:
         self.lambda_net = LambdaNet(params, config, seed)
         self.dual_opt = torch.optim.SGD(self.lambda_net.parameters(), lr=config.lambda_lr, maximize=True)
         self.step_index = 0
+        self._dual_pending = False
 
     def _states(self, hidden: torch.Tensor, group: str, rows: torch.Tensor) -> torch.Tensor:
         """Last hidden states used as MMD samples: answer positions, or the real prompt tokens."""
@@ -125,14 +150,28 @@ class ODEditObjective:
         if cfg.tv and self.step_index >= cfg.tv_warmup_steps and len(env_risks) > 1:
             grads = [torch.autograd.grad(r, w, create_graph=True)[0] for r in env_risks]
             penalty = torch.stack([g.abs() for g in grads]).mean().pow(2)
-            lam = self.lambda_net(self.params)
+            if self._dual_pending:  # the risks now are those at phi^{k+1}: Eq. 13's dual step
+                self._dual_ascent(penalty.detach().item())
+            lam = self.lambda_net(self.params).detach()  # the primal step treats lambda as fixed
             total = total + lam * penalty
             stats.update(tv_penalty=penalty.item(), lam=lam.item())
         self.step_index += 1
         return total, stats
 
+    def _dual_ascent(self, penalty: float) -> None:
+        """delta <- delta + gamma2 * grad_delta [lambda(delta, phi^{k+1}) * v], v = TV(phi^{k+1}) / level - 1
+        clipped to [-1, 1] (INFERRED: one step can neither jump lambda to its cap nor zero it)."""
+        lam = self.lambda_net(self.params)
+        violation = max(-1.0, min(1.0, penalty / self.config.tv_level - 1.0))
+        grads = torch.autograd.grad(lam * violation, list(self.lambda_net.parameters()), allow_unused=True)
+        for p, g in zip(self.lambda_net.parameters(), grads):
+            p.grad = g
+        self.dual_opt.step()
+        self.dual_opt.zero_grad(set_to_none=True)
+        self._dual_pending = False
+
     def dual_step(self) -> None:
-        """Ascent on the lambda network's parameters (after the primal step's backward)."""
-        if any(p.grad is not None for p in self.lambda_net.parameters()):
-            self.dual_opt.step()
-            self.dual_opt.zero_grad(set_to_none=True)
+        """Called after each primal step: the dual ascent is due, and runs at the start of the next
+        step's objective, where the risks at phi^{k+1} are computed anyway (no extra forward).
+        The last primal step's dual update would never be used, so it is not taken."""
+        self._dual_pending = self.config.dual and self.config.lambda_lr > 0
