@@ -107,8 +107,11 @@ ABLATION_METHODS = ("odedit-ft-l[-tv]", "odedit-ft-l[-gen]", "odedit-ft-l[-se_nl
 # < 5 min on 2 CPU cores with the embedded model (see bench/README.md for measured times).
 # T=1 is the single-edit row (a sequential run's first edit is exactly a single edit).
 QUICK = Grid("quick", BASE_METHODS, seeds=(0, 1, 2), n_single=2, ts=(5,))
-# The full grid of issue 5: all methods, ablations and the in-context baseline.
-FULL = Grid("full", BASE_METHODS + ABLATION_METHODS + (ICL,), seeds=(0, 1, 2), n_single=10,
+# The control: ODEdit's data (IN + SE environments, target NLL on SE) without its terms (no MMD,
+# no OUT/KL, no TV): what the environments alone buy.
+CONTROL_METHODS = ("odedit-ft-l[-gen,-loc,-tv]",)
+# The full grid of issue 5: all methods, ablations, the control and the in-context baseline.
+FULL = Grid("full", BASE_METHODS + ABLATION_METHODS + CONTROL_METHODS + (ICL,), seeds=(0, 1, 2), n_single=10,
             ts=(1, 5, 10, 20))
 # The test grid: 1 edit x 2 methods x 1 seed.
 TINY = Grid("tiny", ("ft-l", "odedit-ft-l"), seeds=(0,), n_single=1, ts=())

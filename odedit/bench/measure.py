@@ -23,7 +23,8 @@ import torch
 from odedit import evaluate
 from odedit.bench.grid import Grid, MethodSpec
 from odedit.config import EditConfig
-from odedit.delta import AppliedDelta, remove_delta, snapshot
+from odedit.bench import stress as stress_mod
+from odedit.delta import AppliedDelta, apply_delta, remove_delta, snapshot
 from odedit.editing import run_edits
 from odedit.editors.registry import BASE_EDITORS
 from odedit.environments import HeldOut, build_environments
@@ -219,6 +220,8 @@ class Row:
     steps: float | None = None
     peak_mem_mb: float | None = None  # memory added above the level at the start (see PeakMemory)
     delta_kb: float | None = None
+    # stress splits (odedit.bench.stress; world requests, weight editors): split -> mean over edits
+    stress: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -241,11 +244,14 @@ def _restore_point(adapter: MLLMAdapter, cfg: EditConfig) -> AppliedDelta:
 
 def run_method(adapter: MLLMAdapter, spec: MethodSpec, seed: int, requests: Sequence[EditRequest],
                image_root: Path, pool, grid: Grid, base: EditConfig | None = None,
-               on_edit: Callable[[], None] | None = None) -> list[Row]:
-    """All rows of one (method, seed): single edits, then one sequential run of max(T)."""
+               on_edit: Callable[[], None] | None = None, world=None) -> list[Row]:
+    """All rows of one (method, seed): single edits, then one sequential run of max(T). With the
+    `world` of the model, weight editors are also scored on the stress splits (odedit.bench.stress)."""
     cfg = spec.config(seed, base)
     if spec.is_icl:
         return _run_icl(adapter, spec, seed, requests, image_root, grid, cfg, on_edit)
+    probes = ([stress_mod.build(world, adapter, r, image_root, seed) for r in requests[: grid.n_requests]]
+              if world is not None else [None] * grid.n_requests)
     rows: list[Row] = []
     if grid.n_single:
         reqs = list(requests[: grid.n_single])
@@ -260,14 +266,25 @@ def run_method(adapter: MLLMAdapter, spec: MethodSpec, seed: int, requests: Sequ
         row.steps = _mean(r.steps for r in ok)
         row.delta_kb = _mean(r.delta_bytes / 1024 for r in ok)
         row.peak_mem_mb = mem.extra / 2**20
+        per_edit = []
+        for r, pr in zip(run.records, probes):  # each edit alone on the unedited model, as scored above
+            if pr is None:
+                continue
+            applied = apply_delta(adapter.model, run.deltas[r.request_id]) if r.request_id in run.deltas else None
+            try:
+                per_edit.append(stress_mod.score(adapter, pr))
+            finally:
+                if applied is not None:
+                    remove_delta(adapter.model, applied)
+        row.stress = stress_mod.mean_scores(per_edit) if per_edit else {}
         rows.append(row)
     if grid.ts:
         rows += _run_sequential(adapter, spec, cfg, seed, requests[: max(grid.ts)], image_root, pool,
-                                sorted(set(grid.ts)), on_edit)
+                                sorted(set(grid.ts)), on_edit, probes)
     return rows
 
 
-def _run_sequential(adapter, spec, cfg, seed, requests, image_root, pool, ts, on_edit) -> list[Row]:
+def _run_sequential(adapter, spec, cfg, seed, requests, image_root, pool, ts, on_edit, probes=()) -> list[Row]:
     """One sequential run; after the T-th edit (T in ts) every edit so far is re-scored on
     its held-out probes (EasyEdit's sequential protocol), against pre-edit baselines."""
     held: list[HeldOut] = []
@@ -295,6 +312,8 @@ def _run_sequential(adapter, spec, cfg, seed, requests, image_root, pool, ts, on
                 row.seconds_per_edit = _mean(r.seconds for r in ok)
                 row.steps = _mean(r.steps for r in ok)
                 row.delta_kb = _mean(r.delta_bytes / 1024 for r in ok)
+                per_edit = [stress_mod.score(adapter, pr) for pr in list(probes)[:t] if pr is not None]
+                row.stress = stress_mod.mean_scores(per_edit) if per_edit else {}
                 rows.append(row)
 
         try:
@@ -394,7 +413,7 @@ def run_grid(adapter: MLLMAdapter, grid: Grid, requests_for_seed: Callable[[int]
              pool_for: Callable[[int, list, Path], object], base: EditConfig | None = None,
              on_edit: Callable[[], None] | None = None,
              on_cell: Callable[[str, int], None] | None = None,
-             on_rows: Callable[[list[Row]], None] | None = None) -> list[Row]:
+             on_rows: Callable[[list[Row]], None] | None = None, world=None) -> list[Row]:
     """Every (method, seed) of `grid`; returns one Row per (method, seed, mode, T).
     `on_rows` gets each (method, seed)'s rows as soon as they are measured."""
     rows: list[Row] = []
@@ -404,7 +423,7 @@ def run_grid(adapter: MLLMAdapter, grid: Grid, requests_for_seed: Callable[[int]
         for spec in grid.specs:
             if on_cell:
                 on_cell(spec.name, seed)
-            new = run_method(adapter, spec, seed, requests, root, pool, grid, base, on_edit)
+            new = run_method(adapter, spec, seed, requests, root, pool, grid, base, on_edit, world)
             if on_rows:
                 on_rows(new)
             rows += new

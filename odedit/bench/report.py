@@ -16,6 +16,7 @@ import statistics
 from pathlib import Path
 from typing import Sequence
 
+from odedit.bench import stress as stress_mod
 from odedit.bench.measure import EASYEDIT_METRICS, METRICS, PerfResult, Row
 from odedit.metrics import metric_meta, tagged_name
 
@@ -50,8 +51,86 @@ def summarise(rows: Sequence[Row]) -> list[dict]:
             vals = [getattr(r, c) for r in rs if getattr(r, c) is not None]
             entry[c] = statistics.fmean(vals) if vals else None
             entry[f"{c}_std"] = statistics.stdev(vals) if len(vals) > 1 else (0.0 if vals else None)
+        for split in stress_mod.SPLITS:
+            vals = [r.stress[split] for r in rs if r.stress.get(split) is not None]
+            if vals:
+                entry[f"stress.{split}"] = statistics.fmean(vals)
+                entry[f"stress.{split}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
         out.append(entry)
     return out
+
+
+# ----------------------------------------------------------------------------- stress splits + verdict
+STRESS_COLS = tuple(f"stress.{s}" for s in stress_mod.SPLITS)
+
+
+def stress_rows(summary: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
+    """Stress splits per (method, setting), mean ± std over seeds, in %."""
+    entries = [e for e in summary if any(e.get(c) is not None for c in STRESS_COLS)]
+    header = ["method", "setting"] + list(stress_mod.SPLITS)
+    body = [[e["method"], _setting(e)] + [
+        "-" if e.get(c) is None else f"{100 * e[c]:.1f}±{100 * (e.get(c + '_std') or 0):.1f}" for c in STRESS_COLS]
+        for e in entries]
+    return header, body
+
+
+def _value(row: Row, col: str) -> float | None:
+    return row.stress.get(col.removeprefix("stress.")) if col.startswith("stress.") else getattr(row, col)
+
+
+def paired(rows: Sequence[Row], a: str, b: str, mode: str, t: int, col: str) -> dict | None:
+    """Method `a` minus method `b` on `col`, paired per seed (same requests, same seed).
+    verdict: "better" / "worse" when every seed's difference has the same sign AND the mean
+    difference exceeds the sample std of the differences (the seed spread); else "no
+    difference beyond the seed spread"; fewer than 2 paired seeds: no verdict."""
+    def by_seed(m):
+        return {r.seed: _value(r, col) for r in rows if r.method == m and r.mode == mode and r.T == t}
+    va, vb = by_seed(a), by_seed(b)
+    diffs = {s: va[s] - vb[s] for s in sorted(va) if s in vb and va[s] is not None and vb[s] is not None}
+    if not diffs:
+        return None
+    d = list(diffs.values())
+    mean = statistics.fmean(d)
+    spread = statistics.stdev(d) if len(d) > 1 else None
+    if spread is None:
+        verdict = "one seed: no verdict"
+    elif all(x > 0 for x in d) and mean > spread:
+        verdict = "better"
+    elif all(x < 0 for x in d) and -mean > spread:
+        verdict = "worse"
+    else:
+        verdict = "no difference beyond the seed spread"
+    return {"a": a, "b": b, "col": col, "mode": mode, "T": t, "mean_diff": mean, "spread": spread,
+            "per_seed": diffs, "verdict": verdict}
+
+
+VERDICT_PAIRS = (("odedit-ft-l", "ft-l"), ("odedit-ft-l", "odedit-ft-l[-gen,-loc,-tv]"),
+                 ("odedit-lora", "lora"), ("odedit-ft-l", "odedit-ft-l[-dual]"))
+
+
+def verdict_rows(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
+    """Every VERDICT_PAIRS pair present, single and at the largest T, on the five metrics and
+    every stress split: the paired difference (points), its seed spread and the verdict."""
+    methods = {r.method for r in rows}
+    settings = [("single", 1)]
+    seq_t = [r.T for r in rows if r.mode == "sequential"]
+    if seq_t:
+        settings.append(("sequential", max(seq_t)))
+    header = ["a vs b", "setting", "measure", "a - b (points)", "seed spread", "per seed", "verdict"]
+    body = []
+    for a, b in VERDICT_PAIRS:
+        if a not in methods or b not in methods:
+            continue
+        for mode, t in settings:
+            for col in METRICS + EASYEDIT_METRICS + STRESS_COLS:
+                p = paired(rows, a, b, mode, t, col)
+                if p is None:
+                    continue
+                label = LABELS.get(col, col.removeprefix("stress."))
+                body.append([f"{a} vs {b}", "single" if mode == "single" else f"seq T={t}", label,
+                             f"{100 * p['mean_diff']:+.1f}", "-" if p["spread"] is None else f"{100 * p['spread']:.1f}",
+                             " ".join(f"{100 * v:+.1f}" for v in p["per_seed"].values()), p["verdict"]])
+    return header, body
 
 
 def fmt(entry: dict, col: str) -> str:
@@ -250,6 +329,19 @@ def write_report(out: Path, rows: Sequence[Row], meta: dict, perf: Sequence[Perf
             md += [f"![{p.stem}]({p.name})", ""]
             b64 = base64.b64encode(p.read_bytes()).decode()
             html_parts.append(f"<h3>{html.escape(p.stem)}</h3><img src='data:image/png;base64,{b64}' style='max-width:100%'>")
+    if summary and any(e.get(c) is not None for e in summary for c in STRESS_COLS):
+        header, body = stress_rows(summary)
+        md += ["## Stress splits (mean ± std over seeds, %)", "", markdown_table(header, body), "",
+               "Protocols (odedit/bench/stress.py): " + "; ".join(f"{k}: {v}" for k, v in stress_mod.PROTOCOL.items()),
+               ""]
+        html_parts.append("<h2>Stress splits</h2>" + _html_table(header, body))
+    if rows:
+        header, body = verdict_rows(rows)
+        if body:
+            md += ["## Paired verdicts (a - b per seed)", "", markdown_table(header, body), "",
+                   "better / worse: every seed's paired difference has that sign and the mean difference "
+                   "exceeds the sample std of the differences; otherwise no claim.", ""]
+            html_parts.append("<h2>Paired verdicts</h2>" + _html_table(header, body))
     if perf:
         header, body = perf_rows(perf)
         md += ["## Editor performance (--perf)", "", markdown_table(header, body), ""]
@@ -308,6 +400,9 @@ def log_mlflow(out: Path, meta: dict, rows: Sequence[Row], perf: Sequence[PerfRe
             for c in COLUMNS:
                 if e[c] is not None and math.isfinite(e[c]):
                     metrics[_key(f"{tag}.{mlflow_metric_name(c)}")] = e[c]
+            for c in STRESS_COLS:
+                if e.get(c) is not None:
+                    metrics[_key(f"{tag}.{c.replace('@', '/')}")] = e[c]
         for r in perf or []:
             metrics[_key(f"perf.{r.method}.step_ms")] = r.step_ms_median
             metrics[_key(f"perf.{r.method}.edit_s")] = r.edit_s

@@ -170,7 +170,7 @@ def bench(
             adapter, grid, requests_for_seed, pool_for, base,
             on_edit=lambda: progress.update(task, advance=1),
             on_cell=lambda m, s: progress.update(task, description=f"{m} seed {s}"),
-            on_rows=lambda new: _append_partial(partial, new, t0))
+            on_rows=lambda new: _append_partial(partial, new, t0), world=world if data is None else None)
     meta["wall_s"] = round(time.perf_counter() - t0, 1)
     _wide().print(report.rich_table(report.summarise(rows), title=f"odedit bench ({name})"))
     console.print(f"grid wall time {meta['wall_s']:.0f} s")

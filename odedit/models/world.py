@@ -402,6 +402,13 @@ class World:
             ))
         return requests
 
+    def kind_of(self, prompt: str) -> str | None:
+        """The attribute an image prompt asks about (training or held-out phrasing), or None."""
+        if not hasattr(self, "_kind_by_prompt"):
+            self._kind_by_prompt = {ph.prompt(): kind for kind in IMAGE_KINDS for held in (False, True)
+                                    for ph in self.phrasings(kind, True, held)}
+        return self._kind_by_prompt.get(" ".join(prompt.split()))
+
     def locality_pool(self, n: int, exclude_subject: str | Iterable[str], seed: int = 0) -> list[Sample]:
         """`n` unrelated samples (about half with images, training views and phrasings) about
         entities other than `exclude_subject`, for optimisation environments."""
