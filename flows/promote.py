@@ -24,14 +24,16 @@ from tasks import lifecycle as tl  # noqa: E402
 
 @flow(name="promote")
 def promote(name: str = state.DEFAULT_MODEL_NAME, version: str | None = None, gate_config: str | None = None,
-            deployment: str | None = None, tracking_uri: str | None = None) -> dict:
+            deployment: str | None = None, tracking_uri: str | None = None, actor: str | None = None,
+            note: str = "") -> dict:
     """Make a gated version (default: the candidate) the champion, if it descends from the
-    current champion and passes the re-check."""
+    current champion and passes the re-check. `actor` (default: $ODEDIT_ACTOR, else the login)
+    and `note` are recorded with the move."""
     with state.model_lock(name):
-        return _promote(name, version, gate_config, deployment, tracking_uri)
+        return _promote(name, version, gate_config, deployment, tracking_uri, actor, note)
 
 
-def _promote(name, version, gate_config, deployment, tracking_uri) -> dict:
+def _promote(name, version, gate_config, deployment, tracking_uri, actor=None, note="") -> dict:
     info = tl.resolve_candidate(name, version, tracking_uri)
     if info["version"] == info["champion"]:
         return {"name": name, "champion": info["champion"], "status": "already-champion"}
@@ -40,7 +42,8 @@ def _promote(name, version, gate_config, deployment, tracking_uri) -> dict:
     if not verdict.passed:
         run_logger().warning("promotion of %s refused: %s", info["version"], "; ".join(verdict.reasons))
         return {"name": name, "champion": info["champion"], "status": "refused", "reasons": verdict.reasons}
-    tl.move_champion(name, info["version"], "promote", f"from {info['champion']}", tracking_uri)
+    tl.move_champion(name, info["version"], "promote", f"from {info['champion']}" + (f"; {note}" if note else ""),
+                     tracking_uri, actor)
     return {"name": name, "champion": info["version"], "previous": info["champion"], "status": "promoted"}
 
 

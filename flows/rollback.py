@@ -20,7 +20,7 @@ from tasks import lifecycle as tl  # noqa: E402
 
 @flow(name="rollback")
 def rollback(name: str = state.DEFAULT_MODEL_NAME, to: str | None = None, tracking_uri: str | None = None,
-             force: bool = False, note: str = "") -> dict:
+             force: bool = False, note: str = "", actor: str | None = None) -> dict:
     """Point `champion` back at version `to` (default: the previous champion, walking back past
     versions that were rolled back from). Only to a version whose gate passed or the base,
     unless `force` with a `note`. The version's ledger comes back with it (it is per version)."""
@@ -30,7 +30,7 @@ def rollback(name: str = state.DEFAULT_MODEL_NAME, to: str | None = None, tracki
             return {"name": name, "champion": plan["from"], "status": "already-champion"}
         text = f"from {plan['from']}" + (f"; FORCED past the gate: {note}" if plan["forced"] else
                                          (f"; {note}" if note else ""))
-        tl.move_champion(name, plan["to"], "rollback", text, tracking_uri)
+        tl.move_champion(name, plan["to"], "rollback", text, tracking_uri, actor)
     return {"name": name, "champion": plan["to"], "previous": plan["from"], "status": "rolled-back"}
 
 

@@ -390,14 +390,24 @@ def _mentions(run, request_id: str) -> bool:
 
 
 # ----------------------------------------------------------------------------- writing
-def _set_champion(client: MlflowClient, name: str, version: str, action: str, note: str = "") -> None:
+def _set_champion(client: MlflowClient, name: str, version: str, action: str, note: str = "",
+                  actor: str | None = None) -> None:
+    """Move the alias and record the move: in the model's champion history (who, when, why),
+    on the new champion (`odedit.last_<action>_{at,by,note}`) and, for a rollback, on the version
+    rolled back from (`odedit.rolled_back`: when, by whom, to which version, why)."""
     hist = champion_history(client, name)
     prev = alias_version(client, name, CHAMPION)
-    hist.append({"version": str(version), "from": prev.version if prev else None, "action": action,
-                 "at": now(), "by": os.environ.get("USER", "unknown"), "note": note})
+    who, at = state.actor(actor), now()
+    move = {"version": str(version), "from": prev.version if prev else None, "action": action,
+            "at": at, "by": who, "note": note}
+    hist.append(move)
     client.set_registered_model_alias(name, CHAMPION, str(version))
     client.set_registered_model_tag(name, T + "champion_history", json.dumps(hist[-200:]))
-    client.set_model_version_tag(name, str(version), T + f"last_{action}_at", now())
+    for key, value in (("at", at), ("by", who), ("note", note)):
+        client.set_model_version_tag(name, str(version), T + f"last_{action}_{key}", value)
+    if action == "rollback" and prev is not None and prev.version != str(version):
+        client.set_model_version_tag(name, prev.version, T + "rolled_back",
+                                     json.dumps({"at": at, "by": who, "to": str(version), "note": note}))
 
 
 def log_version(client: MlflowClient, run_id: str, name: str, base: str, delta_dir: Path, tags: dict,
@@ -468,7 +478,7 @@ def init_model(client: MlflowClient, name: str, model: str | Path | None, probes
                               {T + "kind": "base", T + "request_hashes": "[]", T + "request_ids": "[]",
                                T + "run_id": run.info.run_id, T + "gate": "base", T + "created_at": now()}, [])
     client.set_terminated(run.info.run_id, "FINISHED")
-    _set_champion(client, name, version, "init", "bootstrap: the base model")
+    _set_champion(client, name, version, "init", "bootstrap: the base model")  # actor: state.actor()
     return version
 
 
@@ -558,12 +568,13 @@ def repair_candidate(client: MlflowClient, name: str) -> str | None:
     return newest[-1].version
 
 
-def move_champion(client: MlflowClient, name: str, version: str, action: str, note: str = "") -> None:
+def move_champion(client: MlflowClient, name: str, version: str, action: str, note: str = "",
+                  actor: str | None = None) -> None:
     """Point `champion` at `version` (promote / rollback); candidate is cleared when promoted,
     and by a rollback when it carries the edits rolled back (it descends from the version rolled
     back from, which is not an ancestor of the restored one): no later batch builds on them."""
     prev = alias_version(client, name, CHAMPION)
-    _set_champion(client, name, str(version), action, note)
+    _set_champion(client, name, str(version), action, note, actor)
     cand = alias_version(client, name, CANDIDATE)
     if cand is None:
         return

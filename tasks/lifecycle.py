@@ -75,9 +75,10 @@ def recheck_gate(name: str, info: dict, gate_cfg: gate.GateConfig, tracking_uri:
 
 
 @task(name="move-champion", retries=RETRIES, retry_delay_seconds=DELAY, cache_policy=NO_CACHE)
-def move_champion(name: str, version: str, action: str, note: str, tracking_uri: str | None) -> str:
+def move_champion(name: str, version: str, action: str, note: str, tracking_uri: str | None,
+                  actor: str | None = None) -> str:
     client = registry.connect(tracking_uri)
-    registry.move_champion(client, name, version, action, note)
+    registry.move_champion(client, name, version, action, note, actor)
     return version
 
 

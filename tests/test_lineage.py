@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import json
 from pathlib import Path
 
 import pytest
@@ -87,10 +88,23 @@ def test_rollback_rules(harness, tiny_model, state):
     with pytest.raises(PromotionRefused, match="--note"):
         rollback.fn("R", to=bad, force=True)
     assert registry.alias_version(c, "R", "champion").version == "1"
-    res = rollback.fn("R", to=bad, force=True, note="incident 42: base answers needed")
+    res = rollback.fn("R", to=bad, force=True, note="incident 42: base answers needed", actor="ops@example.org")
     assert res["champion"] == bad
-    assert "incident 42" in registry.champion_history(c, "R")[-1]["note"]
+    move = registry.champion_history(c, "R")[-1]
+    assert "incident 42" in move["note"] and move["by"] == "ops@example.org" and move["at"]
     assert rollback.fn("R", to="1")["champion"] == "1"  # the base is always allowed
+    # audit: who moved the champion is never "unknown"; the version rolled back from is marked
+    assert all(h["by"] and h["by"] != "unknown" for h in registry.champion_history(c, "R"))
+    marker = json.loads(registry.get_version(c, "R", bad).tags["odedit.rolled_back"])
+    assert marker["to"] == "1" and marker["by"]
+    assert registry.get_version(c, "R", bad).tags["odedit.last_rollback_by"] == "ops@example.org"
+    from odedit.cli import app
+
+    out = CliRunner().invoke(app, ["history", "R", "--moves", "--format", "json"])
+    assert out.exit_code == 0, out.output
+    moves = json.loads(out.output)
+    assert [m["action"] for m in moves] == ["init", "rollback", "rollback"]
+    assert moves[1]["by"] == "ops@example.org" and "incident 42" in moves[1]["note"]
 
     # no --to: the previous champion, walking back past versions rolled back from (no toggling)
     hist = [{"version": "1", "from": None, "action": "init"}, {"version": "2", "from": "1", "action": "promote"},

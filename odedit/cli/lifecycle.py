@@ -19,6 +19,7 @@ from odedit.lifecycle import state
 
 NAME_HELP = "Registered model name."
 URI_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite under $ODEDIT_STATE_DIR)."
+ACTOR_HELP = "Who does this, for the audit trail (default: $ODEDIT_ACTOR, else the login user@host marked '(login)')."
 
 registry_app = typer.Typer(help="Registered models: bootstrap the first champion.", no_args_is_help=True)
 app.add_typer(registry_app, name="registry")
@@ -107,6 +108,8 @@ def promote(
     version: Optional[str] = typer.Option(None, "--version", help="Gated version to promote (default: the candidate)."),
     gate_config: Optional[Path] = typer.Option(None, "--gate-config", help="Gate thresholds for the re-check."),
     deployment: Optional[str] = typer.Option(None, "--deployment", help="Section of the gate config to apply to the re-check."),
+    actor: Optional[str] = typer.Option(None, "--actor", help=ACTOR_HELP),
+    note: str = typer.Option("", "--note", help="Why (recorded in the champion history)."),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=URI_HELP),
 ):
     """Move `champion` to the candidate after re-checking its gate against the current champion."""
@@ -115,7 +118,7 @@ def promote(
     from tasks.lifecycle import PromotionRefused
 
     try:
-        res = flow(name, version, str(gate_config) if gate_config else None, deployment)
+        res = flow(name, version, str(gate_config) if gate_config else None, deployment, actor=actor, note=note)
     except PromotionRefused as exc:
         console.print(f"[red]refused:[/] {escape(str(exc))}")
         raise typer.Exit(1)
@@ -132,6 +135,7 @@ def rollback(
                                                         "walking back past versions rolled back from)."),
     force: bool = typer.Option(False, "--force", help="Allow a version whose gate did not pass (needs --note)."),
     note: str = typer.Option("", "--note", help="Why (recorded in the champion history)."),
+    actor: Optional[str] = typer.Option(None, "--actor", help=ACTOR_HELP),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=URI_HELP),
 ):
     """Move `champion` back to a named or the previous version (versions are never changed).
@@ -141,7 +145,7 @@ def rollback(
     from tasks.lifecycle import PromotionRefused
 
     try:
-        res = flow(name, to, force=force, note=note)
+        res = flow(name, to, force=force, note=note, actor=actor)
     except PromotionRefused as exc:
         console.print(f"[red]refused:[/] {escape(str(exc))}")
         raise typer.Exit(1)
@@ -155,14 +159,34 @@ def history(
     fmt: str = typer.Option("table", "--format", help="table | csv | json | parquet."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write to FILE (required for parquet)."),
     version: Optional[str] = typer.Option(None, "--version", help="Lineage of this version (default: the champion)."),
+    moves: bool = typer.Option(False, "--moves", help="Instead: every move of the champion alias (init, promote, "
+                                                      "rollback): when, by whom, from which version, why."),
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=URI_HELP),
 ):
     """Every edit in the champion's lineage: who asked, why, ticket, answers before/after,
-    held-out scores, gate verdict, run and version (read from MLflow)."""
+    held-out scores, gate verdict, run and version (read from MLflow). With --moves: the
+    champion's own history (who promoted or rolled back, when, and why)."""
     _env(tracking_uri)
     from odedit import registry
     from odedit.lifecycle.history import export
 
+    if moves:
+        hist = registry.champion_history(registry.connect(), name)
+        cols = ("at", "action", "version", "from", "by", "note")
+        if fmt == "table":
+            from rich.table import Table
+
+            t = Table(title=escape(f"{name}: {len(hist)} champion move(s), oldest first"))
+            for c in cols:
+                t.add_column(c)
+            for h in hist:
+                t.add_row(*[escape(str(h.get(c) if h.get(c) is not None else "-")) for c in cols])
+            console.print(t)
+            return
+        text = export([{c: h.get(c) for c in cols} for h in hist], fmt, out, cols)
+        if text is not None:
+            print(text)
+        return
     rows = registry.history(registry.connect(), name, version)
     if fmt == "table":
         from rich.table import Table

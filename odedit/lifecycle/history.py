@@ -58,11 +58,11 @@ def annotate(rows: list[dict], ledger, version: str) -> list[dict]:
     return rows
 
 
-def export(rows: list[dict], fmt: str, out: str | Path | None) -> str | None:
+def export(rows: list[dict], fmt: str, out: str | Path | None, columns: tuple | list = COLUMNS) -> str | None:
     """csv/json/parquet to `out` (json/csv to stdout text when out is None); table returns None."""
     import pandas as pd
 
-    df = pd.DataFrame(rows, columns=COLUMNS)
+    df = pd.DataFrame(rows, columns=list(columns))
     if fmt == "json":
         text = json.dumps(rows, indent=2, default=str)
     elif fmt == "csv":

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 ENV_STATE = "ODEDIT_STATE_DIR"
+ENV_ACTOR = "ODEDIT_ACTOR"  # who moves the champion (promote / rollback), e.g. an email
 DEFAULT_MODEL_NAME = "odedit-embedded"
 EXPERIMENT = "odedit-batches"
 
@@ -26,6 +27,24 @@ def state_dir(create: bool = True) -> Path:
     if create:
         d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def actor(explicit: str | None = None) -> str:
+    """Who is acting, for the audit trail: `explicit` (--actor), else $ODEDIT_ACTOR, else the
+    login user at this host (`user@host`, marked `(login)` so it is never mistaken for a
+    configured identity). Never silently "unknown": with no login name at all it says so."""
+    if explicit and explicit.strip():
+        return explicit.strip()
+    if os.environ.get(ENV_ACTOR, "").strip():
+        return os.environ[ENV_ACTOR].strip()
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except Exception:  # no USER/LOGNAME and no passwd entry (some containers)
+        user = f"uid{os.getuid()}" if hasattr(os, "getuid") else "no-login-name"
+    return f"{user}@{socket.gethostname()} (login)"
 
 
 def tracking_uri() -> str:
