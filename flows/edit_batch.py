@@ -34,7 +34,7 @@ from tasks import run_logger  # noqa: E402
 
 from odedit.config import LIFECYCLE_METHOD, EditConfig  # noqa: E402
 from odedit.metrics import metric_meta  # noqa: E402
-from odedit.lifecycle import batch, gate  # noqa: E402
+from odedit.lifecycle import batch, batch_report, gate  # noqa: E402
 from odedit.registry import T, code_revision  # noqa: E402
 from odedit.lifecycle.models import resolve_base  # noqa: E402
 from tasks import batch as tb  # noqa: E402
@@ -115,8 +115,20 @@ def _edit_batch(source, name, method, gate_config, deployment, model, seed, step
               "champion": champion["version"], "parent_version": parent, "work_dir": str(work)}
     if skipped:
         log.info("%d request(s) already hold in version %s, skipped: %s", len(skipped), parent, ", ".join(skipped))
+    if validated.rejected:
+        by_reason = batch.rejected_by_reason(validated.out_dir)
+        log.warning("%d request(s) rejected by validation (kept in %s/quarantine.parquet): %s", validated.rejected,
+                    validated.out_dir, ", ".join(f"{k} x{v}" for k, v in by_reason.items()) or "see report.json")
     if not pending:
-        result["status"] = "nothing-to-do"
+        if not validated.accepted and validated.rejected:  # every row refused: a visible, recorded failure
+            result["status"] = "rejected"
+            result["run_id"] = tr.record_rejected(name, validated.batch_id, source, validated.out_dir, tracking_uri)
+            tr.publish_batch_report(result["run_id"], batch_report.markdown(
+                validated.batch_id, name, "rejected", parent, None, [], None,
+                tr.links(name, result["run_id"], None, tracking_uri), validated.rejected), [], name, None,
+                validated.batch_id, tracking_uri)
+        else:
+            result["status"] = "nothing-to-do"
         return result
 
     cfg = EditConfig(method=method, seed=seed)
@@ -183,6 +195,12 @@ def _edit_batch(source, name, method, gate_config, deployment, model, seed, step
             result.update(version=version, status="registered")
         else:
             result["status"] = "gate-failed" if not verdict.passed else "no-successful-edit"
+        table = batch_report.edit_table(edits.records, batch.audit_rows(pending))
+        md = batch_report.markdown(validated.batch_id, name, result["status"], parent, result["version"], table,
+                                   verdict, tr.links(name, run_id, result["version"], tracking_uri),
+                                   validated.rejected, skipped)
+        tr.publish_batch_report(run_id, md, table, name, result["version"], validated.batch_id, tracking_uri,
+                                lineage=f"edits of batch {validated.batch_id} on version {parent}")
         tr.finish_run(run_id, {T + "status": result["status"], T + "version": result["version"] or ""},
                       "FINISHED", tracking_uri)
     except BaseException:

@@ -137,13 +137,21 @@ def _connect(uri: str) -> MlflowClient:
     return MlflowClient(uri, uri)
 
 
+# MLflow's UI opens an experiment without this tag in its GenAI view; ours are model runs
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(client: MlflowClient, name: str = state.EXPERIMENT) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        if exp.tags.get("mlflow.experimentKind") is None:
+            for k, v in EXPERIMENT_KIND.items():
+                client.set_experiment_tag(exp.experiment_id, k, v)
         return exp.experiment_id
     local = client.tracking_uri.startswith("sqlite:") or client.tracking_uri.startswith("file:")
     try:
-        return client.create_experiment(name, artifact_location=state.artifact_root() if local else None)
+        return client.create_experiment(name, artifact_location=state.artifact_root() if local else None,
+                                        tags=EXPERIMENT_KIND)
     except MlflowException:  # created concurrently
         return client.get_experiment_by_name(name).experiment_id
 

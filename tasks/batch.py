@@ -43,6 +43,8 @@ def edit_and_gate(base_ref: str, champion_delta: str, champion_ledger: str, requ
                               gate_cfg, out_dir, fault=fault, on_record=progress, batch_id=batch_id, run_id=run_id,
                               parent_version=parent_version, hashes=hashes)
     v = out.verdict
+    for line in gate.format_checks(v):
+        log.info("gate check: %s", line)
     log.info("gate on the final model %s%s", "PASSED" if v.passed else "FAILED",
              "" if v.passed else ": " + "; ".join(v.reasons))
     return out

@@ -105,3 +105,58 @@ def finish_run(run_id: str, tags: dict, status: str, tracking_uri: str | None) -
     client = registry.connect(tracking_uri)
     registry.set_run_tags(client, run_id, tags)
     registry.end_run(client, run_id, status)
+
+
+def links(name: str, run_id: str | None, version: str | None, tracking_uri: str | None) -> dict[str, str]:
+    """UI links (or ids) of a batch's MLflow run and model version."""
+    from odedit.lifecycle.batch_report import mlflow_links
+
+    client = registry.connect(tracking_uri)
+    return mlflow_links(client.tracking_uri, registry.experiment_id(client), run_id, name, version)
+
+
+@_task("record-rejected")
+def record_rejected(name: str, batch_id: str, source: str, validation_dir: str, tracking_uri: str | None) -> str:
+    """An MLflow run (status FAILED, `odedit.status=rejected`) recording a batch whose every row
+    validation refused: the source, the reason counts and the validation outputs."""
+    from odedit.lifecycle.batch import rejected_by_reason
+
+    client = registry.connect(tracking_uri)
+    run_id = registry.start_batch_run(client, name, batch_id, {"source": source}, {registry.T + "status": "rejected"})
+    registry.log_metrics(client, run_id, {f"rejected/{k}": v for k, v in rejected_by_reason(validation_dir).items()})
+    registry.log_artifacts(client, run_id, Path(validation_dir), "validation")
+    registry.end_run(client, run_id, "FAILED")
+    return run_id
+
+
+@_task("publish-batch-report")
+def publish_batch_report(run_id: str | None, markdown: str, table: list, name: str, version: str | None,
+                         batch_id: str, tracking_uri: str | None, lineage: str = "") -> None:
+    """The batch's report where people look: a Prefect markdown artifact (the per-edit table,
+    gate checks, links to the MLflow run and version), the same table in the MLflow run
+    (`edits_table.json`, MLflow's table view) and as the run's description, and the version's
+    description (its lineage). Best effort: a batch is never failed by its report."""
+    from odedit.lifecycle.batch_report import TABLE_COLUMNS, artifact_key
+
+    log = run_logger()
+    try:
+        from prefect.artifacts import create_markdown_artifact
+
+        create_markdown_artifact(markdown=markdown, key=artifact_key(batch_id),
+                                 description=f"edit batch {batch_id} on {name}")
+    except Exception as exc:  # no Prefect run context (plain function call) or API hiccup
+        log.warning("no Prefect artifact for batch %s: %s", batch_id, exc)
+    if run_id is None:
+        return
+    client = registry.connect(tracking_uri)
+    try:
+        if table:
+            import pandas as pd
+
+            client.log_table(run_id, data=pd.DataFrame(table, columns=list(TABLE_COLUMNS)),
+                             artifact_file="edits_table.json")
+        client.set_tag(run_id, "mlflow.note.content", markdown)
+        if version:
+            client.update_model_version(name, version, description=f"{lineage}. Batch run {run_id}.\n\n{markdown}")
+    except Exception as exc:
+        log.warning("batch %s report not fully logged to MLflow: %s", batch_id, exc)

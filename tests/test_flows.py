@@ -43,6 +43,14 @@ def test_batch_promote_rollback_history(harness, tiny_model, state):
     assert [m.step for m in c.get_metric_history(res["run_id"], traj[0])] == list(
         range(len(c.get_metric_history(res["run_id"], traj[0]))))
     assert len(c.get_metric_history(res["run_id"], traj[0])) > 1
+    # linked: the run holds the per-edit table and a description with the gate's checks; the
+    # version's description names its lineage; the experiment opens in the classic ML view
+    arts_all = {a.path for a in c.list_artifacts(res["run_id"])}
+    assert "edits_table.json" in arts_all
+    note = run.data.tags.get("mlflow.note.content") or c.get_run(res["run_id"]).data.tags["mlflow.note.content"]
+    assert "## Gate: PASSED" in note and "answer_before" in note and "MLflow run" in note
+    assert "on version 1" in c.get_model_version("m", "2").description
+    assert c.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     arts = {a.path for a in c.list_artifacts(res["run_id"])}
     assert {"requests.jsonl", "gate_report.json", "environment_sets.json", "before_after.png", "edits.json",
             "validation", "model"} <= arts or {"requests.jsonl", "gate_report.json", "edits.json"} <= arts
@@ -137,3 +145,30 @@ def test_pyfunc_by_alias(harness, tiny_model, state):
     out = model.predict(pd.DataFrame({"image": [base64.b64encode(buf.getvalue()).decode(), ""],
                                       "prompt": ["question: what colour is this ? answer:", "hello"]}))
     assert list(out.columns) == ["answer"] and len(out) == 2
+
+
+def test_all_rejected_batch_is_a_recorded_failure_with_a_prefect_artifact(harness, tiny_model, state):
+    """A batch whose every row validation refuses: status `rejected` (not done), an MLflow run
+    recording the attempt (FAILED, reason counts, validation outputs) and, run as a real flow,
+    a Prefect markdown artifact saying so with the run link."""
+    import json
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.edit_batch import edit_batch
+    from odedit.lifecycle.batch_report import artifact_key
+
+    src = fixtures.demo_batch(state / "req" / "bad.jsonl", 2)
+    rows = [json.loads(line) for line in src.read_text().splitlines()]
+    for r in rows:
+        r["alt"] = "   "  # empty target: rejected with reason empty_field
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = edit_batch(str(src), name="rj", model=tiny_model, **FAST)  # the real flow, not .fn
+    assert res["status"] == "rejected" and res["version"] is None and res["run_id"]
+    run = client().get_run(res["run_id"])
+    assert run.info.status == "FAILED" and run.data.tags["odedit.status"] == "rejected"
+    assert run.data.metrics["rejected/empty_field"] == 2
+    with get_client(sync_client=True) as pc:
+        arts = pc.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[artifact_key("bad")])))
+    assert arts and "rejected" in arts[0].data and res["run_id"] in arts[0].data

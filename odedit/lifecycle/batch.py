@@ -317,6 +317,14 @@ def world_pool(model_path: str | Path, seed: int = 0):
     return lambda req: world.locality_pool(POOL_SIZE, req.subject or "", seed=seed)
 
 
+def rejected_by_reason(validation_dir: str | Path) -> dict[str, int]:
+    """Primary reason code -> rejected rows, from the validator's report.json ({} if absent)."""
+    report = Path(validation_dir) / "report.json"
+    if not report.is_file():
+        return {}
+    return dict(json.loads(report.read_text()).get("rejected_by_reason") or {})
+
+
 def audit_rows(requests: Sequence[EditRequest]) -> dict[str, dict]:
     """What the audit trail keeps of each request besides its scores."""
     keep = ("requester", "reason", "ticket", "submitted_at", "src", "alt", "pred", "subject", "image")

@@ -250,3 +250,34 @@ def evaluate_gate(records: list[Mapping], cfg: GateConfig, regression: dict | No
                 f"({regression['changed_fraction']:.3f} > {cfg.max_regression_fraction})")
     return GateVerdict(not reasons, reasons, metrics, cfg.to_dict(), len(ok), len(records) - len(ok), regression,
                        proto)
+
+
+def checks(verdict: GateVerdict) -> list[dict]:
+    """Every threshold the verdict applied, with the value it was checked against: one dict per
+    check (name, value, op, threshold, ok), for logs and reports. Per-edit floors are summarised
+    by their lowest value."""
+    cfg, m, proto = verdict.config, verdict.metrics, verdict.locality_protocol
+    out = []
+
+    def add(name, value, op, threshold):
+        ok = None if value is None else (value >= threshold if op == ">=" else value <= threshold)
+        out.append({"name": name, "value": value, "op": op, "threshold": threshold, "ok": ok})
+
+    add("successful edits", float(verdict.edits_ok), ">=", float(cfg.get("min_ok_edits", 1)))
+    for name, floor in (cfg.get("aggregate") or {}).items():
+        label = f"mean {name}@{proto}" if name in LOCALITY_SCORES else f"mean {name}"
+        add(label, m.get(f"final.{name}"), ">=", floor)
+    for key, label in (("min_batch_retention", "batch_retention"), ("min_prior_retention", "prior_retention")):
+        if m.get(label) is not None:
+            add(label, m.get(label), ">=", cfg.get(key, 0.0))
+    if "regression.changed_fraction" in m:
+        add("regression changed fraction", m["regression.changed_fraction"], "<=", cfg.get("max_regression_fraction", 0.0))
+    return out
+
+
+def format_checks(verdict: GateVerdict) -> list[str]:
+    """One human line per check: `mean reliability 1.000 >= 0.9 ok`."""
+    def fmt(v):
+        return "-" if v is None else f"{v:.3f}"
+    return [f"{c['name']} {fmt(c['value'])} {c['op']} {c['threshold']} "
+            f"{'ok' if c['ok'] else ('n/a' if c['ok'] is None else 'FAILED')}" for c in checks(verdict)]
