@@ -77,7 +77,7 @@ def _final_metrics(out: batch.BatchOutcome) -> dict:
     return m
 
 
-@flow(name="edit-batch", log_prints=True)
+@flow(name="edit-batch")  # no log_prints: libraries print (dill's bytecode dumps while datasets hashes)
 def edit_batch(
     source: str,
     name: str = state.DEFAULT_MODEL_NAME,

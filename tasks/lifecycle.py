@@ -8,7 +8,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import run_logger
+from tasks import run_logger, transient_only
 
 from odedit import registry
 from odedit.lifecycle import gate, promotion
@@ -19,7 +19,8 @@ class PromotionRefused(RuntimeError):
     pass
 
 
-@task(name="resolve-candidate", retries=RETRIES, retry_delay_seconds=DELAY, cache_policy=NO_CACHE)
+@task(name="resolve-candidate", retries=RETRIES, retry_delay_seconds=DELAY, cache_policy=NO_CACHE,
+      retry_condition_fn=transient_only)
 def resolve_candidate(name: str, version: str | None, tracking_uri: str | None) -> dict:
     client = registry.connect(tracking_uri)
     v = registry.get_version(client, name, version) if version else registry.alias_version(client, name, registry.CANDIDATE)
@@ -74,7 +75,8 @@ def recheck_gate(name: str, info: dict, gate_cfg: gate.GateConfig, tracking_uri:
     return verdict
 
 
-@task(name="move-champion", retries=RETRIES, retry_delay_seconds=DELAY, cache_policy=NO_CACHE)
+@task(name="move-champion", retries=RETRIES, retry_delay_seconds=DELAY, cache_policy=NO_CACHE,
+      retry_condition_fn=transient_only)
 def move_champion(name: str, version: str, action: str, note: str, tracking_uri: str | None,
                   actor: str | None = None) -> str:
     client = registry.connect(tracking_uri)
@@ -103,7 +105,8 @@ def rollback_allowed(version) -> str | None:
     return f"version {version.version} did not pass its gate (gate={gate_tag or 'none'}, kind={kind or 'none'})"
 
 
-@task(name="resolve-rollback", retries=RETRIES, retry_delay_seconds=DELAY, cache_policy=NO_CACHE)
+@task(name="resolve-rollback", retries=RETRIES, retry_delay_seconds=DELAY, cache_policy=NO_CACHE,
+      retry_condition_fn=transient_only)
 def resolve_rollback(name: str, to: str | None, tracking_uri: str | None, force: bool = False,
                      note: str = "") -> dict:
     """Where `champion` goes back to: version `to`, or the previous champion. Only versions

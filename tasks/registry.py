@@ -8,7 +8,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import run_logger
+from tasks import run_logger, transient_only
 
 from odedit import registry
 
@@ -20,7 +20,8 @@ DELAY = float(os.environ.get("ODEDIT_REGISTRY_RETRY_DELAY", "1"))
 
 
 def _task(name):
-    return task(name=name, retries=RETRIES, retry_delay_seconds=DELAY, cache_policy=NO_CACHE)
+    return task(name=name, retries=RETRIES, retry_delay_seconds=DELAY, cache_policy=NO_CACHE,
+                retry_condition_fn=transient_only)
 
 
 @_task("ensure-registered-model")
