@@ -89,23 +89,28 @@ def edit_batch(
     steps: int | None = None,
     tracking_uri: str | None = None,
     fault: dict[str, str] | None = None,  # test/debug hook: {request_id: "nan"}
+    image_root: str | None = None,
 ) -> dict:
-    """Validate, edit, gate and register one batch of edit requests (a JSONL/Parquet/JSON file)."""
+    """Validate, edit, gate and register one batch of edit requests (a JSONL/Parquet/JSON file).
+    Image paths in the requests are relative to `image_root` (default: the file's directory)."""
     with state.model_lock(name):
-        return _edit_batch(source, name, method, gate_config, deployment, model, seed, steps, tracking_uri, fault)
+        return _edit_batch(source, name, method, gate_config, deployment, model, seed, steps, tracking_uri, fault,
+                           image_root)
 
 
-def _edit_batch(source, name, method, gate_config, deployment, model, seed, steps, tracking_uri, fault) -> dict:
+def _edit_batch(source, name, method, gate_config, deployment, model, seed, steps, tracking_uri, fault,
+                image_root=None) -> dict:
     log = run_logger()
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     work = state.work_dir() / f"{Path(source).stem}-{stamp}"
     work.mkdir(parents=True, exist_ok=True)
+    log.info("registry %s; state directory %s", tracking_uri or state.tracking_uri(), state.state_dir())
     champion = tr.ensure_model(name, model, tracking_uri, str(work))
 
     parent = champion["build_on"]
     champ_delta, champ_ledger, probes, probe_dir = tr.fetch_champion(name, parent, tracking_uri, str(work))
 
-    validated = tb.validate_requests(source, str(work / "validation"))
+    validated = tb.validate_requests(source, str(work / "validation"), image_root)
     hashes = batch.request_hashes(validated.accepted)
     done = tr.registered_hashes(champ_ledger)
     skipped = [r.id for r in validated.accepted if hashes[r.id] in done]
@@ -226,6 +231,7 @@ if __name__ == "__main__":
     ap.add_argument("--deployment")
     ap.add_argument("--model")
     ap.add_argument("--steps", type=int)
+    ap.add_argument("--image-root")
     a = ap.parse_args()
     print(json.dumps(edit_batch(a.source, a.name, a.method, a.gate_config, a.deployment, a.model,
-                                steps=a.steps), indent=2, default=str))
+                                steps=a.steps, image_root=a.image_root), indent=2, default=str))

@@ -13,7 +13,8 @@ Which fields optimisation may see (see `odedit.environments`):
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from pathlib import Path, PurePosixPath
+from typing import Annotated, ClassVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -62,3 +63,13 @@ class EditRequest(AuditInfo):
     m_loc_a: StrList = Field(default_factory=list, description="answers of `m_loc`, same order")
     train_rephrase: StrList = Field(default_factory=list, description="rephrasings optimisation may use (SE)")
     train_image_rephrase: StrList = Field(default_factory=list, description="other images optimisation may use (SE)")
+
+    IMAGE_FIELDS: ClassVar[tuple[str, ...]] = ("image", "image_rephrase", "m_loc", "train_image_rephrase")
+
+    def with_image_prefix(self, prefix: str) -> "EditRequest":
+        """The same request with every image path (relative) put under folder `prefix`."""
+        def under(p: str) -> str:
+            return p if Path(p).is_absolute() else str(PurePosixPath(prefix) / p)
+        update = {f: (under(v) if isinstance(v, str) else [under(x) for x in v])
+                  for f in self.IMAGE_FIELDS for v in [getattr(self, f)]}
+        return self.model_copy(update=update)

@@ -11,8 +11,8 @@ from odedit.lifecycle import batch, gate
 
 
 @task(name="validate-requests", retries=1, retry_delay_seconds=1, cache_policy=NO_CACHE)
-def validate_requests(source: str, out_dir: str) -> batch.Validated:
-    v = batch.validate(source, out_dir)
+def validate_requests(source: str, out_dir: str, image_root: str | None = None) -> batch.Validated:
+    v = batch.validate(source, out_dir, image_root)
     run_logger().info("validated %s: %d accepted, %d quarantined", source, len(v.accepted), v.rejected)
     return v
 

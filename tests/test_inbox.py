@@ -271,3 +271,58 @@ def test_unsafe_file_names_are_quarantined(box):
     write_jsonl(box / "-rf.jsonl", [row(0)])
     s = inbox.scan(box, settle_s=3600)
     assert s.ready == [] and sorted(r for _, r, _ in s.refused) == ["invalid_name"] * 3
+
+
+# ----------------------------------------------------------------------------- batch folders
+def _folder(box: Path, name: str, rows, marker=True) -> Path:
+    d = box / name
+    (d / "images").mkdir(parents=True)
+    Image.new("RGB", (8, 8), (0, 200, 0)).save(d / "images" / "g.png")
+    write_jsonl(d / "requests.jsonl", [{**r, "image": "images/g.png"} for r in rows], marker=False)
+    if marker:
+        (box / f"{name}.ready").write_text("")
+    return d
+
+
+def test_a_batch_folder_travels_whole_with_its_images(box, tmp_path):
+    d = _folder(box, "nightly-1", [row(0), row(1)])
+    (box / "shared-images").mkdir()  # no request file: not a batch, left alone
+    Image.new("RGB", (8, 8)).save(box / "shared-images" / "x.png")
+    runner = Runner(tmp_path / "work")
+    [res] = inbox.drain(box, runner, settle_s=3600)
+    assert res["status"] == "registered" and res["accepted"] == 2  # images resolved inside the folder
+    moved = box / "done" / "nightly-1"
+    assert res["moved_to"] == str(moved) and (moved / "images" / "g.png").is_file() and not d.exists()
+    assert (box / "done" / "nightly-1.ready").is_file() and (box / "shared-images" / "x.png").is_file()
+
+
+def test_unsafe_or_ambiguous_batch_folders_are_quarantined_whole(box, tmp_path):
+    two = _folder(box, "two", [row(0)])
+    write_jsonl(two / "more.jsonl", [row(1)], marker=False)
+    linked = _folder(box, "linked", [row(2)])
+    os.symlink(tmp_path, linked / "images" / "escape")
+    fresh = _folder(box, "fresh", [row(3)], marker=False)
+    runner = Runner(tmp_path / "work")
+    results = {Path(r["source"]).name: r for r in inbox.drain(box, runner, settle_s=3600)}
+    assert runner.calls == []  # nothing was validated or edited
+    assert results["two"]["reason"] == "invalid_folder" and (box / "quarantine" / "two" / "more.jsonl").is_file()
+    assert results["linked"]["reason"] == "symlink" and (box / "quarantine" / "linked").is_dir()
+    assert results["fresh"]["status"] == "waiting" and fresh.is_dir()  # still being written
+
+
+def test_demo_output_is_a_valid_batch_folder(tmp_path):
+    from typer.testing import CliRunner
+
+    from odedit.cli import app
+    from odedit.lifecycle import batch
+
+    out = tmp_path / "demo-1"
+    res = CliRunner().invoke(app, ["demo", "--n", "2", "--method", "ft-l", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    v = batch.validate(out / "requests.jsonl", tmp_path / "v")  # as run-batch and the inbox read it
+    assert (len(v.accepted), v.rejected) == (2, 0)
+    box = tmp_path / "inbox"
+    box.mkdir()
+    os.rename(out, box / "demo-1")  # dropped into an inbox as it is
+    [r] = inbox.drain(box, Runner(tmp_path / "work"), settle_s=0)
+    assert r["status"] == "registered" and r["accepted"] == 2

@@ -156,15 +156,19 @@ def demo(
     seed: int = typer.Option(0, help="Seed of the generated requests and of the edits."),
 ):
     """The main job on the embedded default: generate N edit requests from the embedded
-    model's world (written to OUT/requests.jsonl + images) and edit the model with them."""
+    model's world and edit the model with them. OUT is a batch folder (OUT/requests.jsonl +
+    OUT/images/, valid for `odedit validate` / `run-batch` / an inbox as it is); the results
+    (edits.json, deltas/) go to OUT/results/."""
     from odedit.models.embedded import default_model_path
     from odedit.pools import world_of
 
     world = world_of(default_model_path())
     t0 = time.perf_counter()
-    reqs = world.demo_requests(n, out / "images", seed=seed)
+    reqs = [r.with_image_prefix("images") for r in world.demo_requests(n, out / "images", seed=seed)]
+    # OUT is a batch folder: requests.jsonl + images/ with paths relative to OUT, so the file is
+    # valid for `odedit validate` / `run-batch` as it is, and the folder can be dropped in an inbox
     (out / "requests.jsonl").write_text("".join(r.model_dump_json() + "\n" for r in reqs))
     console.print(f"generated {n} world edit request(s) -> {out / 'requests.jsonl'} "
                   f"({time.perf_counter() - t0:.1f}s)")
     ref, adapter = _load_model(None, None)
-    execute(reqs, out / "images", ref, adapter, _config(method, seed, None, None, None, None), False, out)
+    execute(reqs, out, ref, adapter, _config(method, seed, None, None, None, None), False, out / "results")

@@ -73,6 +73,9 @@ def run_batch(
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help=URI_HELP),
     settle: Optional[float] = typer.Option(None, "--settle", help="Directory only: seconds a file without a "
                                            "NAME.ready marker must be unchanged (default $ODEDIT_INBOX_SETTLE_S or 30)."),
+    image_root: Optional[Path] = typer.Option(None, "--image-root", help="Where the requests' image paths are "
+                                              "relative to (default: the request file's folder; for a directory: "
+                                              "flat files only, a batch folder always uses itself)."),
 ):
     """Validate -> build environments -> edit the champion -> gate -> register a `candidate`.
     Requests already registered are skipped; a directory is drained like the scheduled inbox."""
@@ -82,12 +85,13 @@ def run_batch(
         from flows.inbox_drain import inbox_drain
 
         results = inbox_drain(str(source), name=name, method=method, gate_config=gc, deployment=deployment,
-                              model=model, steps=steps, settle_s=settle)
+                              model=model, steps=steps, settle_s=settle,
+                              image_root=str(image_root) if image_root else None)
     else:
         from flows.edit_batch import edit_batch
 
         results = [edit_batch(str(source), name=name, method=method, gate_config=gc, deployment=deployment,
-                              model=model, steps=steps)]
+                              model=model, steps=steps, image_root=str(image_root) if image_root else None)]
     for r in results:
         g = r.get("gate") or {}
         line = (f"{r['status']}; version {r.get('version') or '-'}; run {r.get('run_id') or '-'}; "

@@ -25,15 +25,15 @@ class Validated:
     batch_id: str
 
 
-def validate(source: str | Path, out_dir: str | Path) -> Validated:
+def validate(source: str | Path, out_dir: str | Path, image_root: str | Path | None = None) -> Validated:
     """Validate a request file with `odedit.requests.validate.validate_batch` (images are
-    resolved against the file's directory); writes its outputs under `out_dir`."""
+    resolved against `image_root`, default the file's directory); writes its outputs under `out_dir`."""
     from odedit.requests.validate import validate_batch
 
     source = Path(source)
-    result = validate_batch(source, image_roots=[source.parent], out_dir=out_dir)
-    return Validated(result.accepted, len(result.rejected), str(source.parent), str(out_dir),
-                     result.report.batch_id)
+    root = Path(image_root) if image_root else source.parent
+    result = validate_batch(source, image_roots=[root], out_dir=out_dir)
+    return Validated(result.accepted, len(result.rejected), str(root), str(out_dir), result.report.batch_id)
 
 
 def request_hashes(requests: Sequence[EditRequest]) -> dict[str, str]:

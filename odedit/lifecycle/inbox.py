@@ -1,6 +1,11 @@
 """The inbox drained by the scheduled batch (`flows/inbox_drain.py`). Nothing is ever deleted.
 
     inbox/
+      NAME/                   a batch folder (recommended): exactly one request file at its top
+                              level (any name below) and the images it references, paths
+                              relative to the folder (sub-folders allowed); it travels whole
+                              to done/ or quarantine/
+      NAME.ready              optional marker beside the folder: "NAME/ is complete, take it now"
       NAME.jsonl | .ndjson | .parquet | .pq | .json   a request file (its images beside it)
       NAME.jsonl.ready        optional marker: "NAME.jsonl is complete, take it now"
       done/                   the batch finished: every accepted request is registered (or was already)
@@ -12,6 +17,12 @@
                               with reason codes and original payloads (also for files in done/)
     (stays in inbox/)         not ready yet, or its batch did not reach a final state (an edit
                               diverged, the registry was down, the process was killed): next run
+
+A folder is a batch folder when a request file lies at its top level (one without any is left
+alone: e.g. the images of flat request files). It is ready by its marker or when nothing in it
+(the folder and every entry below it) changed for `settle_s`. A batch folder holding a symlink
+anywhere, more than one request file at its top level, or with a name that is not a valid id,
+goes to quarantine/ whole (reasons `symlink`, `invalid_folder`, `invalid_name`).
 
 Readiness: a request file is taken when a regular file `NAME.ready` exists beside it, OR when
 nothing changed it for `settle_s` seconds (env ODEDIT_INBOX_SETTLE_S, default 30): its
@@ -27,7 +38,7 @@ ODEDIT_MAX_BATCH_BYTES, default 64 MiB) before anything is read, must have a nam
 follows the id policy (it becomes the batch id, the run name and a work directory: reason
 `invalid_name` otherwise), and are checked by streaming
 (`odedit.requests.io.inspect_batch`: one line in memory at a time). Other entries (images,
-notes, `*.part`, sub-directories) are left alone. `done/` and `quarantine/` are created up
+notes, `*.part`) are left alone; a sub-directory is a batch folder (above). `done/` and `quarantine/` are created up
 front and must be real directories.
 
 Residual window (documented, not closed): the edit-batch flow re-opens the file by path to
@@ -67,6 +78,7 @@ TOO_LARGE = "too_large"
 UNREADABLE = "unreadable"
 UNSUPPORTED = "unsupported"
 INVALID_NAME = "invalid_name"  # the file name's stem is not a valid id (it becomes the batch id, run name, work dir)
+INVALID_FOLDER = "invalid_folder"  # a batch folder without exactly one request file at its top level
 REJECTED = "rejected"  # every row refused by validation
 
 
@@ -82,6 +94,12 @@ class Candidate:
     size: int
     mtime_ns: int
     marker: Path | None = None  # NAME.ready, when that is why it is ready
+    folder: Path | None = None  # the batch folder `path` is in (moved whole), None for a flat file
+
+    @property
+    def entry(self) -> Path:
+        """What moves to done/ or quarantine/: the batch folder, or the file itself."""
+        return self.folder or self.path
 
 
 @dataclass
@@ -137,6 +155,9 @@ def scan(inbox: str | Path, settle_s: float | None = None, now: float | None = N
         path = d / e.name
         if e.name in SUBDIRS and not e.is_symlink():
             continue
+        if not e.is_symlink() and e.is_dir(follow_symlinks=False):
+            _scan_folder(path, settle, now, out)
+            continue
         if e.is_symlink():
             try:
                 detail = f"symlink to {os.readlink(path)!r} (not followed)"
@@ -161,6 +182,59 @@ def scan(inbox: str | Path, settle_s: float | None = None, now: float | None = N
         else:
             out.waiting.append(path)
     return out
+
+
+def _folder_state(folder: Path) -> tuple[float, list[Path], list[Path]]:
+    """(newest change time of the folder or anything below it, symlinks found, request files at
+    its top level); never follows a link."""
+    newest, links, requests = 0.0, [], []
+    for root, dirs, files in os.walk(folder, followlinks=False):
+        st = os.lstat(root)
+        newest = max(newest, st.st_mtime, st.st_ctime)
+        for name in dirs + files:
+            q = Path(root) / name
+            st = os.lstat(q)
+            newest = max(newest, st.st_mtime, st.st_ctime)
+            if stat.S_ISLNK(st.st_mode):
+                links.append(q)
+            elif Path(root) == folder and name in files and Path(name).suffix.lower() in SUFFIXES \
+                    and not name.endswith((MARKER, REASON_SUFFIX)):
+                requests.append(q)
+    return newest, links, requests
+
+
+def _scan_folder(folder: Path, settle: float, now: float, out: Scan) -> None:
+    """A batch folder: ready (its one request file), waiting, or refused whole. A folder with no
+    request file at its top level is not a batch (e.g. the images of flat request files): left alone."""
+    try:
+        newest, links, requests = _folder_state(folder)
+    except OSError as exc:
+        out.refused.append((folder, UNREADABLE, f"cannot list the batch folder: {exc}"))
+        return
+    if not requests:
+        return
+    if not is_valid_id(folder.name):
+        out.refused.append((folder, INVALID_NAME, "a batch folder's name must follow the id policy "
+                            "(1-128 of A-Z a-z 0-9 . _ -, not starting with '.' or '-'); rename and resubmit"))
+        return
+    if links:
+        out.refused.append((folder, SYMLINK, f"the batch folder holds a symlink ({links[0].relative_to(folder)}); "
+                            "links are never followed"))
+        return
+    marker = folder.with_name(folder.name + MARKER)
+    has_marker = _is_regular_file(marker)
+    if not has_marker and now - newest < settle:
+        out.waiting.append(folder)
+        return
+    if len(requests) != 1:
+        out.refused.append((folder, INVALID_FOLDER, f"a batch folder needs exactly one request file "
+                            f"({', '.join(sorted(SUFFIXES))}) at its top level; found {len(requests)}"))
+        return
+    st = os.lstat(requests[0])
+    if not stat.S_ISREG(st.st_mode):
+        out.refused.append((folder, NOT_REGULAR, f"{requests[0].name} is not a regular file"))
+        return
+    out.ready.append(Candidate(requests[0], st.st_size, st.st_mtime_ns, marker if has_marker else None, folder))
 
 
 def _unchanged(c: Candidate) -> bool:
@@ -273,7 +347,7 @@ def finish(c: Candidate | Path, result: dict, inbox: str | Path) -> dict:
     file), or nowhere (`keep`: not final, retried next run). Rejected rows are kept under
     quarantine/ whenever the file moves. Returns `result` with `status`, `moved_to`,
     `rejected_rows`."""
-    path = c.path if isinstance(c, Candidate) else Path(c)
+    path = c.entry if isinstance(c, Candidate) else Path(c)
     result["status"] = batch_status(result)
     where = disposition(result)
     result["moved_to"] = None
@@ -323,12 +397,12 @@ def drain(inbox: str | Path, run_batch: Callable[[str], dict], settle_s: float |
             results.append({"source": str(c.path), "status": "waiting", "moved_to": None})
             continue
         if verdict:
-            refuse(c.path, *verdict)
+            refuse(c.entry, *verdict)
             continue
         try:
             res = run_batch(str(c.path))
         except BatchError as exc:  # the file itself cannot be read: final, quarantined once
-            refuse(c.path, TOO_LARGE if isinstance(exc, BatchTooLarge) else UNREADABLE, str(exc))
+            refuse(c.entry, TOO_LARGE if isinstance(exc, BatchTooLarge) else UNREADABLE, str(exc))
             continue
         except Exception as exc:  # registry down, killed step...: the file stays for the next run
             log.error("inbox: batch %s failed, left in the inbox: %s", display_id(c.path.name),
@@ -336,7 +410,7 @@ def drain(inbox: str | Path, run_batch: Callable[[str], dict], settle_s: float |
             results.append({"source": str(c.path), "status": "error", "error": str(exc), "moved_to": None})
             continue
         res = finish(c, res, d)
-        log.info("inbox: %s: %s -> %s", display_id(c.path.name), res["status"],
+        log.info("inbox: %s: %s -> %s", display_id(c.entry.name), res["status"],
                  display_id(res["moved_to"], 300) if res["moved_to"] else "kept")
         results.append(res)
     return results

@@ -23,7 +23,7 @@ EXPERIMENT = "odedit-batches"
 
 
 def state_dir(create: bool = True) -> Path:
-    d = Path(os.environ.get(ENV_STATE, "state")).expanduser().resolve()
+    d = Path(os.environ.get(ENV_STATE) or "state").expanduser().resolve()  # "" = not set (prefect.yaml)
     if create:
         d.mkdir(parents=True, exist_ok=True)
     return d
@@ -81,7 +81,11 @@ def work_dir() -> Path:
 
 def configure_environment() -> None:
     """Point Prefect and MLflow at the state directory unless the caller chose otherwise.
-    Call before importing prefect (its settings are read at import)."""
+    Call before importing prefect (its settings are read at import). A variable set to ""
+    (prefect.yaml's job variables copy unset ones as "") counts as not set."""
+    for k in ("MLFLOW_TRACKING_URI", ENV_STATE, ENV_ACTOR):
+        if os.environ.get(k) == "":
+            del os.environ[k]
     os.environ.setdefault("PREFECT_HOME", str(prefect_home()))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
