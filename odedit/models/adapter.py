@@ -4,6 +4,7 @@ It owns: loading (local path or hub id, CUDA+bf16 when present else CPU+fp32), t
 (image, prompt, target) samples into teacher-forced batches, running the model down to the
 last hidden state and the LM head (so editors can scale the hidden state, the IRM "dummy
 classifier" of ODEdit), greedy answering, and naming the editable decoder modules.
+What differs between model families is read from `odedit.models.families` (one table).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from odedit.device import configure_threads, pick_device, pick_dtype
+from odedit.models.families import Family, family_of, processor_from_parts
 
 IGNORE_INDEX = -100
 
@@ -28,12 +30,6 @@ class Sample:
     prompt: str
     target: str
     image: Image.Image | None = None
-
-
-# Model types whose decoder takes plain sequential positions, so a batch may enter the decoder
-# mid-way from cached hidden states (see `MLLMAdapter.cache_prefix`). Others (e.g. Qwen2-VL's
-# multimodal rotary positions) always take the full forward path.
-PREFIX_CACHE_MODEL_TYPES = {"llava", "llava_next", "idefics3", "smolvlm", "idefics2"}
 
 
 @dataclass
@@ -54,7 +50,12 @@ class Encoded:
 
 
 class ModelLoadError(ValueError):
-    pass
+    """A model or its processor cannot be loaded; the message is one line."""
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
 
 
 class _PrefixCaptured(Exception):
@@ -81,6 +82,10 @@ class MLLMAdapter:
         self.tokenizer = processor.tokenizer
         self.device = device
         self.name = name
+        self.family: Family = family_of(getattr(model.config, "model_type", ""))
+        bos = self.tokenizer.bos_token_id
+        probe = self.tokenizer("a")["input_ids"] if bos is not None else []
+        self.tokenizer_adds_bos = bool(probe) and probe[0] == bos
         self.model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -95,10 +100,19 @@ class MLLMAdapter:
         if looks_local and not Path(ref).expanduser().is_dir():
             raise ModelLoadError(f"model path does not exist: {ref}")
         try:
-            processor = AutoProcessor.from_pretrained(ref)
             model = AutoModelForImageTextToText.from_pretrained(ref, dtype=dt)
-        except OSError as exc:  # not found locally and not reachable on a hub
-            raise ModelLoadError(f"cannot load model {ref!r}: {exc}") from exc
+        except Exception as exc:  # not found, not reachable on a hub, unsupported, broken
+            raise ModelLoadError(f"cannot load model {ref!r}: {_one_line(exc)}") from exc
+        try:
+            processor = AutoProcessor.from_pretrained(ref)
+        except Exception as exc:
+            if not (family_of(model.config.model_type).video_needs_torchvision and Path(ref).is_dir()):
+                raise ModelLoadError(f"cannot load the processor of {ref!r}: {_one_line(exc)}") from exc
+            try:  # the family needs torchvision only for video: image processor + tokenizer
+                processor = processor_from_parts(ref)
+            except Exception as exc2:
+                raise ModelLoadError(f"cannot load the processor of {ref!r}: {_one_line(exc2)} "
+                                     f"(AutoProcessor: {_one_line(exc)})") from exc2
         model.to(dev)
         configure_threads(sum(p.numel() for p in model.parameters()), dev)
         return cls(model, processor, dev, name=ref)
@@ -109,22 +123,45 @@ class MLLMAdapter:
         return getattr(self.processor, "image_token", "<image>")
 
     def format_prompt(self, prompt: str, has_image: bool) -> str:
-        """Chat template when the processor has one, else `<image> prompt` (embedded model)."""
+        """Chat template when the processor has one, else `<image> prompt` (embedded model), or
+        the bare prompt where the processor inserts the image tokens itself. A template's own
+        leading BOS is dropped when the tokenizer adds one (else the sequence has two)."""
         template = getattr(self.processor, "chat_template", None)
         if template:
             content = ([{"type": "image"}] if has_image else []) + [{"type": "text", "text": prompt}]
-            return self.processor.apply_chat_template(
+            text = self.processor.apply_chat_template(
                 [{"role": "user", "content": content}], add_generation_prompt=True
             )
-        return f"{self.image_token} {prompt}" if has_image else prompt
+            bos = self.tokenizer.bos_token
+            if self.tokenizer_adds_bos and bos and text.startswith(bos):
+                text = text[len(bos):]
+            return text
+        if has_image and self.family.placeholder == "prompt":
+            return self.family.placeholder_format.format(image=self.image_token, prompt=prompt)
+        return prompt
 
     # ------------------------------------------------------------------ encoding
-    def _tokenise(self, texts: list[str], images: list[Image.Image] | None):
-        self.tokenizer.padding_side = "right"  # positions of real tokens independent of batch
+    def _tokenise(self, texts: list[str], images: list[Image.Image] | None, suffixes: list[str] | None = None,
+                  padding_side: str = "right"):
+        """Processor call (tokenizer call for text-only inputs where the family's processor
+        refuses them); with `suffixes` the processor's own labels (token_type_ids 1) mark them."""
+        self.tokenizer.padding_side = padding_side  # right: positions of real tokens independent of batch
+        fam = self.family
+        if images is None and fam.text_only == "tokenizer":
+            texts = [fam.text_layout.format(bos=self.tokenizer.bos_token or "", prompt=t) for t in texts]
+            kwargs = {"return_tensors": "pt", "padding": True, "return_token_type_ids": suffixes is not None}
+            if suffixes is not None:
+                kwargs["text_pair"] = [s + (self.tokenizer.eos_token or "") for s in suffixes]
+            out = dict(self.tokenizer(texts, **kwargs))
+            if suffixes is not None:
+                out["labels"] = torch.where(out["token_type_ids"] == 1, out["input_ids"], IGNORE_INDEX)
+            return out
         kwargs = {"text": texts, "return_tensors": "pt", "padding": True}
         if images is not None:
-            kwargs["images"] = images
-        return self.processor(**kwargs)
+            kwargs["images"] = [[im] for im in images] if fam.nested_images else images
+        if suffixes is not None:
+            kwargs["suffix"] = suffixes
+        return dict(self.processor(**kwargs))
 
     def encode(self, samples: Sequence[Sample], with_eos: bool = False) -> Encoded:
         """Teacher-forced batch. All samples must agree on having an image or not."""
@@ -135,6 +172,8 @@ class MLLMAdapter:
             raise ValueError("a batch mixes image and text-only samples; encode them separately")
         images = [s.image.convert("RGB") for s in samples] if has_image else None
         prompts = [self.format_prompt(s.prompt, has_image) for s in samples]
+        if self.family.labels == "suffix":
+            return self._encode_suffix(prompts, [s.target for s in samples], images, with_eos)
         eos = self.tokenizer.eos_token or "" if with_eos else ""
         fulls = [f"{p} {s.target}{(' ' + eos) if eos else ''}" for p, s in zip(prompts, samples)]
         full = self._tokenise(fulls, images)
@@ -147,18 +186,49 @@ class MLLMAdapter:
         labels[~keep] = IGNORE_INDEX
         if (keep.sum(dim=1) == 0).any():
             raise ValueError("a sample's target produced no tokens")
-        inputs = {k: v.to(self.device) for k, v in full.items()}
+        return Encoded(inputs=self._to_device(full), labels=labels.to(self.device))
+
+    def _encode_suffix(self, prompts, targets, images, with_eos: bool) -> Encoded:
+        """Labels from the processor's `suffix=` (PaliGemma): the target follows the prompt's
+        own separator and is marked causal (token_type_ids 1), never part of the prefix."""
+        out = self._tokenise(prompts, images, suffixes=targets)
+        labels = torch.as_tensor(out.pop("labels")).clone()
+        if not with_eos and self.tokenizer.eos_token_id is not None:  # the processor appends EOS
+            labels[labels == self.tokenizer.eos_token_id] = IGNORE_INDEX
+        labels[torch.as_tensor(out["attention_mask"]) == 0] = IGNORE_INDEX
+        if ((labels != IGNORE_INDEX).sum(dim=1) == 0).any():
+            raise ValueError("a sample's target produced no tokens")
+        return Encoded(inputs=self._to_device(out), labels=labels.to(self.device))
+
+    def _to_device(self, batch: dict) -> dict:
+        inputs = {k: torch.as_tensor(v).to(self.device) for k, v in batch.items() if k != "labels"}
         if "pixel_values" in inputs:
             inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-        return Encoded(inputs=inputs, labels=labels.to(self.device))
+        return inputs
 
     # ------------------------------------------------------------------ forward
     @property
     def supports_prefix_cache(self) -> bool:
-        return getattr(self.model.config, "model_type", "") in PREFIX_CACHE_MODEL_TYPES
+        return self.family.prefix_cache
 
     def _language_model(self):
-        return self.model.model.language_model
+        """The decoder stack (the module holding `.layers`): `get_decoder()` followed down."""
+        module = self.model.get_decoder()
+        for _ in range(4):
+            if hasattr(module, "layers"):
+                return module
+            inner = module.get_decoder() if hasattr(module, "get_decoder") else None
+            if inner is None or inner is module:
+                break
+            module = inner
+        raise ValueError(f"cannot find the decoder layers of {type(self.model).__name__}")
+
+    def _route(self, inputs: dict):
+        """(module, its inputs): the whole model, or the language model alone (token ids and
+        mask only) for text-only inputs of families whose multimodal forward needs pixels."""
+        if self.family.text_only_language_model and "pixel_values" not in inputs:
+            return self.model.language_model, {k: inputs[k] for k in ("input_ids", "attention_mask") if k in inputs}
+        return self.model, inputs
 
     @torch.no_grad()
     def module_input(self, enc: Encoded, module: torch.nn.Module) -> torch.Tensor:
@@ -172,7 +242,8 @@ class MLLMAdapter:
 
         handle = module.register_forward_pre_hook(grab, with_kwargs=True)
         try:
-            self.model.model(**enc.inputs, use_cache=False)
+            module, inputs = self._route(enc.inputs)
+            module(**inputs, use_cache=False)
         except _PrefixCaptured:
             pass
         finally:
@@ -197,16 +268,29 @@ class MLLMAdapter:
             lm.layers = full
 
     def hidden_and_logits(self, enc: Encoded, scale: torch.Tensor | None = None):
-        """Last hidden state (optionally multiplied by `scale`) and the LM-head logits."""
+        """Last hidden state (optionally multiplied by `scale`) and the LM-head logits. The
+        full forward is the model's own (whatever its family adds after the head, e.g. logit
+        soft-capping, stays), with the hidden state taken (and scaled) at the LM head's input."""
+        head = self.model.get_output_embeddings()
         if enc.prefix is not None:
-            out = self._decoder_from_prefix(enc)
-        else:
-            out = self.model.model(**enc.inputs, use_cache=False)
-        hidden = out.last_hidden_state
-        if scale is not None:
-            hidden = hidden * scale
-        logits = self.model.get_output_embeddings()(hidden)
-        return hidden, logits.float()
+            hidden = self._decoder_from_prefix(enc).last_hidden_state
+            if scale is not None:
+                hidden = hidden * scale
+            return hidden, head(hidden).float()
+        seen = {}
+
+        def at_head(_module, args):
+            hidden = args[0] if scale is None else args[0] * scale
+            seen["hidden"] = hidden
+            return (hidden,) + tuple(args[1:])
+
+        handle = head.register_forward_pre_hook(at_head)
+        try:
+            module, inputs = self._route(enc.inputs)
+            out = module(**inputs, use_cache=False)
+        finally:
+            handle.remove()
+        return seen["hidden"], out.logits.float()
 
     def logits(self, enc: Encoded) -> torch.Tensor:
         return self.hidden_and_logits(enc)[1]
@@ -214,15 +298,11 @@ class MLLMAdapter:
     @torch.no_grad()
     def answer(self, prompt: str, image: Image.Image | None = None, max_new_tokens: int = 8) -> str:
         """Greedy answer to one prompt (decoded new tokens, special tokens stripped)."""
-        self.tokenizer.padding_side = "left"
         text = self.format_prompt(prompt, image is not None)
-        kwargs = {"text": [text], "return_tensors": "pt"}
-        if image is not None:
-            kwargs["images"] = [image.convert("RGB")]
-        inputs = {k: v.to(self.device) for k, v in self.processor(**kwargs).items()}
-        if "pixel_values" in inputs:
-            inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-        out = self.model.generate(
+        inputs = self._to_device(self._tokenise([text], None if image is None else [image.convert("RGB")],
+                                                padding_side="left"))
+        module, inputs = self._route(inputs)
+        out = module.generate(
             **inputs, max_new_tokens=max_new_tokens, do_sample=False,
             pad_token_id=self.tokenizer.pad_token_id,
         )
@@ -231,16 +311,19 @@ class MLLMAdapter:
 
     # ------------------------------------------------------------------ editable modules
     def decoder_layers(self) -> torch.nn.ModuleList:
-        return self.model.get_decoder().layers
+        return self._language_model().layers
 
     def num_layers(self) -> int:
         return len(self.decoder_layers())
 
     def mlp_module(self, layer: int, proj: str = "down_proj") -> torch.nn.Module:
-        mlp = self.decoder_layers()[layer].mlp
-        if not hasattr(mlp, proj):
+        """Layer `layer`'s MLP projection `proj`, by its canonical (Llama) name or the family's own."""
+        block = self.decoder_layers()[layer]
+        mlp = block.get_submodule(self.family.mlp) if self.family.mlp else block
+        name = self.family.proj_names.get(proj, proj)
+        if not hasattr(mlp, name):
             raise ValueError(f"layer {layer} MLP has no {proj!r} (has {list(dict(mlp.named_children()))})")
-        return getattr(mlp, proj)
+        return getattr(mlp, name)
 
     def module_name(self, module: torch.nn.Module) -> str:
         for name, mod in self.model.named_modules():
