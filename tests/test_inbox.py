@@ -229,6 +229,19 @@ def test_finish_moves_only_final_states(box, tmp_path):
     inbox.layout(box)
     kept = inbox.finish(box / "kept.jsonl", {"status": "registered", "accepted": 2, "pending": ["r1"]}, box)
     assert kept["moved_to"] is None and (box / "kept.jsonl").is_file()  # an edit diverged: retried
+    assert [c.path.name for c in inbox.scan(box, settle_s=0).ready] == ["done.jsonl", "gate.jsonl", "kept.jsonl"]
+    # ... but not forever: the third run that leaves it pending quarantines it, with its attempts
+    for n in (2, 3):
+        kept = inbox.finish(box / "kept.jsonl", {"status": "registered", "accepted": 2, "pending": ["r1"]}, box,
+                            attempts=3)
+    assert kept["attempts"] == 3 and Path(kept["moved_to"]).parent == box / "quarantine"
+    why = reason_of(Path(kept["moved_to"]))
+    assert why["reason"] == "pending-after-retries" and why["pending"] == ["r1"]
+    assert len(json.loads((box / "quarantine" / "kept.jsonl.attempts.json").read_text())) == 3
+    # an infrastructure error is not counted: the registry may be back tomorrow
+    write_jsonl(box / "err.jsonl", [row(0)])
+    for _ in range(5):
+        assert inbox.finish(box / "err.jsonl", {"status": "error", "pending": ["r0"]}, box)["moved_to"] is None
     gate = inbox.finish(box / "gate.jsonl", {"status": "gate-failed", "accepted": 1, "run_id": "abc"}, box)
     assert reason_of(Path(gate["moved_to"]))["reason"] == "gate-failed"
     (box / "done" / "done.jsonl").write_text("an earlier file of the same name")

@@ -16,7 +16,11 @@
                               and STEM.rejected.parquet: the rows validation refused, one per row,
                               with reason codes and original payloads (also for files in done/)
     (stays in inbox/)         not ready yet, or its batch did not reach a final state (an edit
-                              diverged, the registry was down, the process was killed): next run
+                              diverged or did not take, the registry was down, the process was
+                              killed): next run. A batch that ran to its end but left edits
+                              pending is retried at most $ODEDIT_INBOX_MAX_ATTEMPTS times (default
+                              3; NAME.attempts.json counts them), then quarantined with reason
+                              `pending-after-retries` (its registered edits stay registered)
 
 A folder is a batch folder when a request file lies at its top level (one without any is left
 alone: e.g. the images of flat request files). It is ready by its marker or when nothing in it
@@ -67,6 +71,10 @@ SUFFIXES = {".jsonl", ".ndjson", ".parquet", ".pq", ".json"}
 SUBDIRS = ("done", "quarantine")
 MARKER = ".ready"
 REASON_SUFFIX = ".reason.json"
+ATTEMPTS_SUFFIX = ".attempts.json"  # beside a request file / folder: runs that left edits pending
+ENV_MAX_ATTEMPTS = "ODEDIT_INBOX_MAX_ATTEMPTS"
+DEFAULT_MAX_ATTEMPTS = 3
+PENDING = "pending-after-retries"  # quarantine reason: edits still pending after the last attempt
 ENV_SETTLE = "ODEDIT_INBOX_SETTLE_S"
 DEFAULT_SETTLE_S = 30.0
 
@@ -165,7 +173,7 @@ def scan(inbox: str | Path, settle_s: float | None = None, now: float | None = N
                 detail = "symlink (not followed)"
             out.refused.append((path, SYMLINK, detail))
             continue
-        if e.name.endswith((MARKER, REASON_SUFFIX)) or Path(e.name).suffix.lower() not in SUFFIXES:
+        if e.name.endswith((MARKER, REASON_SUFFIX, ATTEMPTS_SUFFIX)) or Path(e.name).suffix.lower() not in SUFFIXES:
             continue  # markers, images, notes, partial uploads: not request files
         st = e.stat(follow_symlinks=False)
         if not stat.S_ISREG(st.st_mode):
@@ -198,7 +206,7 @@ def _folder_state(folder: Path) -> tuple[float, list[Path], list[Path]]:
             if stat.S_ISLNK(st.st_mode):
                 links.append(q)
             elif Path(root) == folder and name in files and Path(name).suffix.lower() in SUFFIXES \
-                    and not name.endswith((MARKER, REASON_SUFFIX)):
+                    and not name.endswith((MARKER, REASON_SUFFIX, ATTEMPTS_SUFFIX)):
                 requests.append(q)
     return newest, links, requests
 
@@ -292,6 +300,24 @@ def disposition(result: dict) -> str:
     return "done"
 
 
+def max_attempts(value: int | None = None) -> int:
+    if value is not None:
+        return int(value)
+    raw = os.environ.get(ENV_MAX_ATTEMPTS, "").strip()
+    return int(raw) if raw else DEFAULT_MAX_ATTEMPTS
+
+
+def _count_attempt(entry: Path, result: dict) -> int:
+    """Record one more run of `entry` that finished with edits pending (diverged / unreached:
+    deterministic, they fail the same way again); returns the count so far."""
+    f = entry.with_name(entry.name + ATTEMPTS_SUFFIX)
+    seen = json.loads(f.read_text()) if f.is_file() else []
+    seen.append({"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "run_id": result.get("run_id"),
+                 "version": result.get("version"), "pending": result.get("pending")})
+    f.write_text(json.dumps(seen, indent=2, default=str))
+    return len(seen)
+
+
 def _free_name(dest_dir: Path, name: str) -> Path:
     dest = dest_dir / name
     if os.path.lexists(dest) or os.path.lexists(dest_dir / (name + REASON_SUFFIX)):
@@ -342,7 +368,7 @@ def keep_rejected(parquet: str | Path, inbox: str | Path, stem: str) -> Path:
     return dest
 
 
-def finish(c: Candidate | Path, result: dict, inbox: str | Path) -> dict:
+def finish(c: Candidate | Path, result: dict, inbox: str | Path, attempts: int | None = None) -> dict:
     """Record a batch's final state and move its file: done/, quarantine/ (with a reason
     file), or nowhere (`keep`: not final, retried next run). Rejected rows are kept under
     quarantine/ whenever the file moves. Returns `result` with `status`, `moved_to`,
@@ -351,14 +377,25 @@ def finish(c: Candidate | Path, result: dict, inbox: str | Path) -> dict:
     result["status"] = batch_status(result)
     where = disposition(result)
     result["moved_to"] = None
+    limit = max_attempts(attempts)
+    if where == "keep" and result["status"] not in ("error", "failed") and result.get("pending"):
+        # the batch ran to the end and left edits pending: retried at most `limit` times in all
+        result["attempts"] = _count_attempt(path, result)
+        if result["attempts"] >= limit:
+            where = "quarantine"
     if where == "keep":
         return result
     reason = None
     if where == "quarantine":
-        reason = {"reason": result["status"], "status": result["status"], "accepted": result.get("accepted"),
-                  "rejected": result.get("rejected"), "gate": result.get("gate"), "run_id": result.get("run_id")}
+        why = PENDING if result.get("attempts", 0) >= limit and result.get("pending") else result["status"]
+        reason = {"reason": why, "status": result["status"], "accepted": result.get("accepted"),
+                  "rejected": result.get("rejected"), "gate": result.get("gate"), "run_id": result.get("run_id"),
+                  "pending": result.get("pending"), "attempts": result.get("attempts")}
     dest = move(path, where, reason, inbox)
     _move_marker(path, dest)
+    tries = path.with_name(path.name + ATTEMPTS_SUFFIX)
+    if tries.is_file():
+        os.rename(tries, dest.with_name(dest.name + ATTEMPTS_SUFFIX))
     result["moved_to"] = str(dest)
     q = Path(result["work_dir"]) / "validation" / "quarantine.parquet" if result.get("work_dir") else None
     if result.get("rejected") and q is not None and q.is_file():
