@@ -13,7 +13,7 @@ from odedit import evaluate
 from odedit.config import EditConfig
 from odedit.delta import Delta, remove_delta
 from odedit.editors.optimise import EditDiverged, optimise_edit
-from odedit.environments import build_environments
+from odedit.environments import build_environments, request_hash
 from odedit.metrics import EditScores, aggregate, retention, tagged, token_accuracy
 from odedit.models.adapter import MLLMAdapter, Sample
 from schemas.request import EditRequest
@@ -142,11 +142,11 @@ def run_edits(
         for k in kept:
             bank.forget(k.subject, k.replaced)
     for req in requests:
-        pool = locality_pool(req) if callable(locality_pool) else locality_pool
-        envset = build_environments(req, image_root, config.odedit, pool, seed=config.seed)
-        edit_sample = envset.heldout.reliability[0]
-        record = EditRecord(req.id, envset.request_hash, config.method, "ok", req.alt)
-        try:
+        record = EditRecord(req.id, request_hash(req), config.method, "ok", req.alt)
+        try:  # everything per edit, pool and environments included: one bad edit never takes the batch down
+            pool = locality_pool(req) if callable(locality_pool) else locality_pool
+            envset = build_environments(req, image_root, config.odedit, pool, seed=config.seed)
+            edit_sample = envset.heldout.reliability[0]
             record.answer_before = adapter.answer(edit_sample.prompt, edit_sample.image)
             before = evaluate.baseline(adapter, envset.heldout)
             record.pre = before.scores
@@ -178,7 +178,7 @@ def run_edits(
                 remove_delta(adapter.model, outcome.restore)
         except EditDiverged as exc:
             record.status, record.error = "diverged", str(exc)
-        except Exception as exc:  # one bad edit never takes the batch down
+        except Exception as exc:  # recorded on the edit; the batch goes on
             record.status, record.error = "error", f"{type(exc).__name__}: {exc}"
             record.error += "\n" + traceback.format_exc(limit=3)
         run.records.append(record)

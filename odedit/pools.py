@@ -39,7 +39,8 @@ def locality_pool_for(
     from odedit.editing import subject_of
     from odedit.environments import request_hash
 
-    pool = [(request_hash(req), subject_of(req), s) for req, s in zip(requests, answers or current_answers(adapter, requests, image_root))]
+    pool = [(request_hash(req), subject_of(req), s)
+            for req, s in zip(requests, answers or current_answers(adapter, requests, image_root)) if s is not None]
 
     def for_request(req: EditRequest) -> list[Sample]:
         """The batch's probes minus this request's own and those about its subject."""
@@ -87,16 +88,23 @@ def preservation_for(adapter: MLLMAdapter, model_ref: str | Path, requests: Sequ
         return world_preservation(world, views, phrasings, seed=seed)
     from odedit.editing import Kept, subject_of
 
-    return [Kept(s, subject_of(req)) for req, s in zip(requests, answers or current_answers(adapter, requests, image_root))]
+    return [Kept(s, subject_of(req))
+            for req, s in zip(requests, answers or current_answers(adapter, requests, image_root)) if s is not None]
 
 
-def current_answers(adapter: MLLMAdapter, requests: Sequence[EditRequest], image_root: str | Path | None) -> list[Sample]:
+def current_answers(adapter: MLLMAdapter, requests: Sequence[EditRequest],
+                    image_root: str | Path | None) -> list[Sample | None]:
     """Each request's own prompt + image with the model's current (greedy) answer: what the OUT
-    pool and the preservation set of a non-world model are made of (compute once, pass to both)."""
+    pool and the preservation set of a non-world model are made of (compute once, pass to both).
+    A request the model cannot answer (unreadable image, a model-level error) is None here and
+    left out of both; its own edit records the error, the rest of the batch goes on."""
     from odedit.environments import load_image
 
-    out = []
+    out: list[Sample | None] = []
     for req in requests:
-        image = load_image(req.image, image_root)
-        out.append(Sample(req.src, adapter.answer(req.src, image, max_new_tokens=4) or req.alt, image))
+        try:
+            image = load_image(req.image, image_root)
+            out.append(Sample(req.src, adapter.answer(req.src, image, max_new_tokens=4) or req.alt, image))
+        except Exception:
+            out.append(None)
     return out

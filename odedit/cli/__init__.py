@@ -20,7 +20,7 @@ app = typer.Typer(
 )
 
 # Command modules; each defines its commands with @app.command().
-_COMMAND_MODULES = ["edit", "validate", "lifecycle", "bench"]
+_COMMAND_MODULES = ["edit", "validate", "lifecycle", "bench", "models"]
 
 for _name in _COMMAND_MODULES:
     importlib.import_module(f"odedit.cli.{_name}")

@@ -135,7 +135,10 @@ def edit(
     device: Optional[str] = typer.Option(None, help="cpu / cuda (default: cuda when available)."),
 ):
     """Edit a model with a batch of requests; print Rel/T-Gen/M-Gen/T-Loc/M-Loc before -> after
-    per edit, and write each edit's delta (only the changed tensors) to OUT/deltas/ID/."""
+    per edit, and write each edit's delta (only the changed tensors) to OUT/deltas/ID/.
+    Exit 0: every request edited; 1: some rows rejected or some edits failed (each failure is
+    recorded on its edit, the rest of the batch goes on); 2: the model or the batch cannot be
+    used at all."""
     cfg = _config(method, seed, steps, lr, layer, config_file)
     root = image_root or requests.parent
     ref, adapter = _load_model(model, device)  # a bad --model fails before any work
@@ -143,8 +146,14 @@ def edit(
     if not good:
         console.print("[red]error[/]: no valid request to edit")
         raise typer.Exit(2)
-    execute(good, root, ref, adapter, cfg, sequential, out)
-    if bad:
+    run = execute(good, root, ref, adapter, cfg, sequential, out)
+    errors = [r for r in run.records if r.status == "error"]
+    for rec in errors:  # the first line of each error; the whole message is in edits.json
+        console.print(f"[red]error[/] request {escape(display_id(rec.request_id))}: "
+                      f"{escape((rec.error or '').splitlines()[0] if rec.error else 'failed')}")
+    if errors:
+        console.print(escape(f"{len(errors)} of {len(run.records)} edit(s) failed (details in {out / 'edits.json'})"))
+    if bad or errors:
         raise typer.Exit(1)
 
 

@@ -39,7 +39,8 @@ def _limits(model: Optional[str], no_model: bool, max_prompt: Optional[int], max
     try:
         return ValidationLimits.from_model(model, max_target_tokens=max_target, max_prompt_tokens=max_prompt), note
     except Exception as exc:  # OSError / ValueError from transformers for a bad directory
-        raise ValueError(f"cannot read tokenizer/config of model {model!r}: {exc}") from exc
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise ValueError(f"cannot read tokenizer/config of model {model!r}: {type(exc).__name__}: {first}") from exc
 
 
 def summary_table(report) -> Table:

@@ -58,6 +58,43 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
 
 
+def load_processor(ref: str, model_type: str):
+    """AutoProcessor, or for a family whose processor needs torchvision only for video, the same
+    processor built from its image processor + tokenizer. Raises ModelLoadError (one line)."""
+    try:
+        return AutoProcessor.from_pretrained(ref)
+    except Exception as exc:
+        if not (family_of(model_type).video_needs_torchvision and Path(ref).is_dir()):
+            raise ModelLoadError(f"cannot load the processor of {ref!r}: {_one_line(exc)}") from exc
+        try:
+            return processor_from_parts(ref)
+        except Exception as exc2:
+            raise ModelLoadError(f"cannot load the processor of {ref!r}: {_one_line(exc2)} "
+                                 f"(AutoProcessor: {_one_line(exc)})") from exc2
+
+
+# Probe images for counting image tokens: square, landscape and portrait (resolution-dependent
+# processors such as LLaVA-NeXT's or Qwen2-VL's give each a different count).
+PROBE_SIZES = ((336, 336), (640, 480), (480, 640))
+
+
+def count_image_tokens(processor, model_type: str) -> int:
+    """How many sequence positions one image takes, measured by running the processor on probe
+    images (the most over `PROBE_SIZES`): tokens of (image + placeholder) minus tokens of the
+    same text without the image."""
+    fam = family_of(model_type)
+    tok = processor.tokenizer
+    text = fam.placeholder_format.format(image=getattr(processor, "image_token", "<image>"), prompt="") \
+        if fam.placeholder == "prompt" else ""
+    base = len(tok(fam.text_layout.format(bos=tok.bos_token or "", prompt=""))["input_ids"])
+    most = 0
+    for size in PROBE_SIZES:
+        image = Image.new("RGB", size, (127, 127, 127))
+        out = processor(text=[text], images=[[image]] if fam.nested_images else [image])
+        most = max(most, len(out["input_ids"][0]) - base)
+    return most
+
+
 class _PrefixCaptured(Exception):
     """Stops a forward pass once the cached prefix has been captured."""
 
@@ -103,16 +140,7 @@ class MLLMAdapter:
             model = AutoModelForImageTextToText.from_pretrained(ref, dtype=dt)
         except Exception as exc:  # not found, not reachable on a hub, unsupported, broken
             raise ModelLoadError(f"cannot load model {ref!r}: {_one_line(exc)}") from exc
-        try:
-            processor = AutoProcessor.from_pretrained(ref)
-        except Exception as exc:
-            if not (family_of(model.config.model_type).video_needs_torchvision and Path(ref).is_dir()):
-                raise ModelLoadError(f"cannot load the processor of {ref!r}: {_one_line(exc)}") from exc
-            try:  # the family needs torchvision only for video: image processor + tokenizer
-                processor = processor_from_parts(ref)
-            except Exception as exc2:
-                raise ModelLoadError(f"cannot load the processor of {ref!r}: {_one_line(exc2)} "
-                                     f"(AutoProcessor: {_one_line(exc)})") from exc2
+        processor = load_processor(ref, model.config.model_type)
         model.to(dev)
         configure_threads(sum(p.numel() for p in model.parameters()), dev)
         return cls(model, processor, dev, name=ref)

@@ -66,8 +66,10 @@ class ValidationLimits:
     def from_model(cls, model_path: str | Path, max_target_tokens: int | None = None,
                    max_prompt_tokens: int | None = None, **kwargs) -> "ValidationLimits":
         """Limits from a model directory: its tokenizer counts tokens, the text config's
-        `max_position_embeddings` is the context; an image takes (image_size/patch_size)^2
-        positions. Prompt budget = context - image tokens - target budget - bos/eos."""
+        `max_position_embeddings` is the context; an image takes as many positions as the
+        model's processor gives probe images (`adapter.count_image_tokens`; the estimate
+        (image_size/patch_size)^2 only where the processor cannot be loaded).
+        Prompt budget = context - image tokens - target budget - bos/eos."""
         from transformers import AutoConfig, AutoTokenizer
 
         path = str(model_path)
@@ -76,8 +78,17 @@ class ValidationLimits:
         text_cfg = getattr(cfg, "text_config", None) or cfg
         context = int(getattr(text_cfg, "max_position_embeddings"))
         vision = getattr(cfg, "vision_config", None)
-        image_tokens = 0
-        if vision is not None and getattr(vision, "image_size", None) and getattr(vision, "patch_size", None):
+        image_tokens, counted = 0, False
+        if vision is not None:
+            try:
+                from odedit.models.adapter import count_image_tokens, load_processor
+
+                image_tokens = count_image_tokens(load_processor(path, cfg.model_type), cfg.model_type)
+                counted = True
+            except Exception:  # no usable processor: estimate from the vision config
+                pass
+        if not counted and vision is not None and getattr(vision, "image_size", None) \
+                and getattr(vision, "patch_size", None):
             image_tokens = (int(vision.image_size) // int(vision.patch_size)) ** 2
         target = max_target_tokens or max(1, min(32, context // 8))
         prompt = max_prompt_tokens or context - image_tokens - target - SPECIAL_TOKEN_OVERHEAD
