@@ -146,29 +146,3 @@ def test_pyfunc_by_alias(harness, tiny_model, state):
                                       "prompt": ["question: what colour is this ? answer:", "hello"]}))
     assert list(out.columns) == ["answer"] and len(out) == 2
 
-
-def test_all_rejected_batch_is_a_recorded_failure_with_a_prefect_artifact(harness, tiny_model, state):
-    """A batch whose every row validation refuses: status `rejected` (not done), an MLflow run
-    recording the attempt (FAILED, reason counts, validation outputs) and, run as a real flow,
-    a Prefect markdown artifact saying so with the run link."""
-    import json
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    from flows.edit_batch import edit_batch
-    from odedit.lifecycle.batch_report import artifact_key
-
-    src = fixtures.demo_batch(state / "req" / "bad.jsonl", 2)
-    rows = [json.loads(line) for line in src.read_text().splitlines()]
-    for r in rows:
-        r["alt"] = "   "  # empty target: rejected with reason empty_field
-    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    res = edit_batch(str(src), name="rj", model=tiny_model, **FAST)  # the real flow, not .fn
-    assert res["status"] == "rejected" and res["version"] is None and res["run_id"]
-    run = client().get_run(res["run_id"])
-    assert run.info.status == "FAILED" and run.data.tags["odedit.status"] == "rejected"
-    assert run.data.metrics["rejected/empty_field"] == 2
-    with get_client(sync_client=True) as pc:
-        arts = pc.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[artifact_key("bad")])))
-    assert arts and "rejected" in arts[0].data and res["run_id"] in arts[0].data

@@ -265,6 +265,13 @@ def test_inbox_drain_flow(harness, tiny_model, state):
     os.symlink(state / "nowhere.jsonl", box / "dangling.jsonl")
     write_jsonl(box / "empty.jsonl", [])
     write_jsonl(box / "writing.jsonl", [good], marker=False)
+    from typer.testing import CliRunner
+
+    from odedit.cli import app
+
+    demo = CliRunner().invoke(app, ["demo", "--n", "2", "--method", "ft-l", "-o", str(box / "demo-1")])
+    assert demo.exit_code == 0, demo.output  # `odedit demo` output, dropped in as it is
+    (box / "demo-1.ready").write_text("")
 
     out = inbox_drain.fn(str(box), name="i2", model=tiny_model, method="ft-l", steps=2, deployment="demo",
                          settle_s=3600)
@@ -272,8 +279,24 @@ def test_inbox_drain_flow(harness, tiny_model, state):
     assert by["mixed.jsonl"]["status"] == "registered" and (box / "done" / "mixed.jsonl").is_file()
     assert [r["reason"] for r in pq.read_table(box / "quarantine" / "mixed.rejected.parquet").to_pylist()] \
         == ["invalid_id_chars"]
+    assert by["requests.jsonl"]["status"] == "registered" and by["requests.jsonl"]["accepted"] == 2
+    assert (box / "done" / "demo-1" / "images").is_dir()  # the demo folder, images and all
     assert by["allbad.jsonl"]["status"] == "rejected" and (box / "quarantine" / "allbad.jsonl").is_file()
     assert pq.read_table(box / "quarantine" / "allbad.rejected.parquet").num_rows == 2
+    # the all-rejected batch is a recorded failure: a FAILED MLflow run with its reason counts,
+    # and its Prefect flow run carries the batch report artifact
+    import mlflow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from odedit.lifecycle.batch_report import artifact_key
+
+    run = mlflow.MlflowClient().get_run(by["allbad.jsonl"]["run_id"])
+    assert run.info.status == "FAILED" and run.data.tags["odedit.status"] == "rejected"
+    assert sum(v for k, v in run.data.metrics.items() if k.startswith("rejected/")) == 2
+    with get_client(sync_client=True) as pc:
+        arts = pc.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[artifact_key("allbad")])))
+    assert arts and "rejected" in arts[0].data and run.info.run_id in arts[0].data
     assert by["dangling.jsonl"]["reason"] == "symlink" and by["empty.jsonl"]["reason"] == "empty"
     assert by["writing.jsonl"]["status"] == "waiting" and (box / "writing.jsonl").is_file()
 
@@ -322,20 +345,3 @@ def test_unsafe_or_ambiguous_batch_folders_are_quarantined_whole(box, tmp_path):
     assert results["linked"]["reason"] == "symlink" and (box / "quarantine" / "linked").is_dir()
     assert results["fresh"]["status"] == "waiting" and fresh.is_dir()  # still being written
 
-
-def test_demo_output_is_a_valid_batch_folder(tmp_path):
-    from typer.testing import CliRunner
-
-    from odedit.cli import app
-    from odedit.lifecycle import batch
-
-    out = tmp_path / "demo-1"
-    res = CliRunner().invoke(app, ["demo", "--n", "2", "--method", "ft-l", "-o", str(out)])
-    assert res.exit_code == 0, res.output
-    v = batch.validate(out / "requests.jsonl", tmp_path / "v")  # as run-batch and the inbox read it
-    assert (len(v.accepted), v.rejected) == (2, 0)
-    box = tmp_path / "inbox"
-    box.mkdir()
-    os.rename(out, box / "demo-1")  # dropped into an inbox as it is
-    [r] = inbox.drain(box, Runner(tmp_path / "work"), settle_s=0)
-    assert r["status"] == "registered" and r["accepted"] == 2

@@ -263,6 +263,19 @@ def test_edit_batch_deployment_on_real_servers(tmp_path):
         assert batch_run.data.tags[registry.T + "status"] == "registered"
         assert batch_run.data.params["method"] == "ft-l"
 
+        # Prefect <-> MLflow: the flow run carries a markdown artifact with the per-edit table and
+        # UI links to the MLflow run and the version; the MLflow run holds the same table
+        arts = http_json(f"{api}/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run_id]}}})
+        md = [a for a in arts if a.get("type") == "markdown"]
+        assert md, f"no markdown artifact on flow run {run_id}: {arts}"
+        text = md[0]["data"]
+        assert "## Gate: PASSED" in text and "answer_before" in text
+        assert f"{mlflow_uri}/#/experiments/" in text and batch_run.info.run_id in text
+        assert f"{mlflow_uri}/#/models/{NAME}/versions/{cand.version}" in text
+        assert all(r["id"] in text for r in requests)
+        assert "edits_table.json" in {a.path for a in c.list_artifacts(batch_run.info.run_id)}
+        assert "## Gate: PASSED" in batch_run.data.tags["mlflow.note.content"]
+
         rows = registry.history(c, NAME, cand.version)
         want = {r["id"]: r["requester"] for r in requests}
         assert {r["request_id"]: r["requester"] for r in rows} == want
