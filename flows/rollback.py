@@ -27,7 +27,12 @@ def rollback(name: str = state.DEFAULT_MODEL_NAME, to: str | None = None, tracki
     with state.model_lock(name):
         plan = tl.resolve_rollback(name, to, tracking_uri, force, note)
         if plan["to"] == plan["from"]:
-            return {"name": name, "champion": plan["from"], "status": "already-champion"}
+            if not tl.alias_moved_outside(name, tracking_uri):
+                return {"name": name, "champion": plan["from"], "status": "already-champion"}
+            # the alias was moved outside odedit: record that move now (who, when, why)
+            tl.move_champion(name, plan["to"], "rollback",
+                             f"recorded a move made outside odedit" + (f"; {note}" if note else ""), tracking_uri, actor)
+            return {"name": name, "champion": plan["to"], "status": "recorded"}
         text = f"from {plan['from']}" + (f"; FORCED past the gate: {note}" if plan["forced"] else
                                          (f"; {note}" if note else ""))
         tl.move_champion(name, plan["to"], "rollback", text, tracking_uri, actor)

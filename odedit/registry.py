@@ -259,6 +259,23 @@ def descends(client: MlflowClient, name: str, version: str | int, ancestor: str 
     return str(ancestor) in {v.version for v in lineage(client, name, version)}
 
 
+def check_champion_audited(client: MlflowClient, name: str) -> None:
+    """Refuse to build on a champion alias that was moved outside odedit (MLflow's UI or API
+    set it, skipping the gate re-check and the audit trail): the alias must point where odedit's
+    champion history last put it. Raises RegistryError saying how to record the move."""
+    champ = alias_version(client, name, CHAMPION)
+    hist = champion_history(client, name)
+    if champ is None or not hist:
+        return
+    last = str(hist[-1].get("version"))
+    if champ.version != last:
+        raise RegistryError(
+            f"{name}: the champion alias points at version {champ.version}, but odedit last moved it to "
+            f"{last}: it was moved outside odedit (no gate re-check, no audit record); nothing changed. "
+            f"Record it with `odedit rollback {name} --to {champ.version} --note WHY` (add --force if that "
+            f"version never passed a gate), or move it back with `odedit rollback {name} --to {last}`")
+
+
 def build_target(client: MlflowClient, name: str):
     """The version a new batch builds on: the NEWEST gated version of the champion's lineage,
     i.e. the `candidate` when it passed its gate and descends from the champion, else the

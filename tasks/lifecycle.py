@@ -23,6 +23,12 @@ class PromotionRefused(RuntimeError):
       retry_condition_fn=transient_only)
 def resolve_candidate(name: str, version: str | None, tracking_uri: str | None) -> dict:
     client = registry.connect(tracking_uri)
+    try:  # never promote over a champion that was moved outside odedit (unaudited)
+        registry.check_champion_audited(client, name)
+    except registry.RegistryUnavailable:
+        raise
+    except registry.RegistryError as exc:
+        raise PromotionRefused(str(exc)) from None
     v = registry.get_version(client, name, version) if version else registry.alias_version(client, name, registry.CANDIDATE)
     if v is None:
         raise PromotionRefused(f"{name} has no candidate; name a version with --version")
@@ -82,6 +88,17 @@ def move_champion(name: str, version: str, action: str, note: str, tracking_uri:
     client = registry.connect(tracking_uri)
     registry.move_champion(client, name, version, action, note, actor)
     return version
+
+
+def alias_moved_outside(name: str, tracking_uri: str | None) -> bool:
+    """True when the champion alias is not where odedit's champion history last put it."""
+    try:
+        registry.check_champion_audited(registry.connect(tracking_uri), name)
+    except registry.RegistryUnavailable:
+        raise
+    except registry.RegistryError:
+        return True
+    return False
 
 
 def previous_champion(hist: list[dict], current: str) -> str | None:

@@ -45,6 +45,7 @@ def ensure_model(name: str, model: str | None, tracking_uri: str | None, work: s
         version = registry.init_model(client, name, model, probes, pdir)
         run_logger().info("bootstrapped %s version %s (the base model) as champion", name, version)
         champ = registry.get_version(client, name, version)
+    registry.check_champion_audited(client, name)
     closed = registry.close_stale_runs(client, name)
     repaired = registry.repair_candidate(client, name)
     target = registry.build_target(client, name)

@@ -228,3 +228,36 @@ def test_two_first_uses_on_an_empty_state_dir(tiny_model, state):
         assert [v.version for v in registry.all_versions(c, "Z")] == ["1"]
     finally:
         os.environ["ODEDIT_STATE_DIR"] = str(state / "state")
+
+
+def test_champion_moved_outside_odedit_is_refused_until_recorded(harness, tiny_model, state):
+    """MLflow's UI/API can move the alias without odedit's gate re-check or audit: batches and
+    promote refuse to build on it until a rollback records the move (who, when, why)."""
+    from flows.promote import promote
+    from flows.rollback import rollback
+    from tasks.lifecycle import PromotionRefused, resolve_candidate
+
+    registry, c = client()
+    registry.init_model(c, "U", tiny_model, [], None)
+    delta = registry.download_delta(c, "U", "1", state / "d1")
+    run = c.create_run(registry.experiment_id(c))
+    # a second servable version (the base's empty delta, so registered as kind base)
+    v2 = registry.log_version(c, run.info.run_id, "U", registry.base_ref(c, "U"), delta,
+                              {"odedit.kind": "base", "odedit.parent_version": "1"}, [])
+    c.set_registered_model_alias("U", "champion", v2)  # what MLflow's UI does: no gate, no record
+    with pytest.raises(registry.RegistryError, match="moved outside odedit"):
+        registry.check_champion_audited(c, "U")
+    with pytest.raises(PromotionRefused, match="moved outside odedit"):
+        resolve_candidate.fn("U", None, None)
+    res = CliRunner().invoke(__import__("odedit.cli", fromlist=["app"]).app,
+                             ["run-batch", str(_one(state / "u" / "u.jsonl", 3)), "--name", "U", "--method", "ft-l",
+                              "--steps", "2", "--deployment", "demo"])
+    assert res.exit_code == 1 and "moved outside odedit" in res.output and "Traceback" not in res.output
+    assert [v.version for v in registry.all_versions(c, "U")] == ["1", v2]  # nothing registered
+    rec = rollback.fn("U", to=v2, note="adopted the UI promotion of incident 7", actor="ops@example.org")
+    assert rec["status"] == "recorded"
+    move = registry.champion_history(c, "U")[-1]
+    assert move["version"] == v2 and move["by"] == "ops@example.org" and "outside odedit" in move["note"]
+    registry.check_champion_audited(c, "U")  # audited again
+    with pytest.raises(PromotionRefused, match="no candidate"):  # refused now only for the usual reason
+        promote.fn("U", deployment="demo")

@@ -47,7 +47,7 @@ def _unreachable(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from odedit.integrity import IntegrityError
-        from odedit.registry import RegistryUnavailable
+        from odedit.registry import RegistryError, RegistryUnavailable
 
         try:
             return fn(*args, **kwargs)
@@ -56,6 +56,9 @@ def _unreachable(fn):
             raise typer.Exit(2)
         except IntegrityError as exc:  # a tampered / corrupt version: one line, non-zero
             print(f"IntegrityError: {exc}; nothing changed")
+            raise typer.Exit(1)
+        except RegistryError as exc:  # a definite registry state odedit refuses to build on
+            print(f"refused: {exc}")
             raise typer.Exit(1)
     return wrapper
 
