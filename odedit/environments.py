@@ -81,17 +81,19 @@ def load_image(path: str | Path, image_root: str | Path | None = None) -> Image.
         return img.convert("RGB")
 
 
-def augment_image(image: Image.Image, rng: random.Random) -> Image.Image:
-    """A label-preserving transformation: crop-and-resize, small rotation, brightness/contrast
-    jitter. (INFERRED: the paper names "image transformations" without listing them.)"""
+def augment_image(image: Image.Image, rng: random.Random, crop: tuple[float, float] = (0.85, 1.0),
+                  degrees: float = 10.0, jitter: float = 0.1) -> Image.Image:
+    """A label-preserving transformation: crop-and-resize (side fraction in `crop`), rotation
+    within +-`degrees`, brightness/contrast jitter of +-`jitter`. (INFERRED: the paper names
+    "image transformations" without listing them; the defaults are the SE environments'.)"""
     w, h = image.size
-    scale = rng.uniform(0.85, 1.0)
+    scale = rng.uniform(*crop)
     cw, ch = max(1, int(w * scale)), max(1, int(h * scale))
     x0, y0 = rng.randint(0, w - cw), rng.randint(0, h - ch)
     out = image.crop((x0, y0, x0 + cw, y0 + ch)).resize((w, h), Image.BILINEAR)
-    out = out.rotate(rng.uniform(-10, 10), resample=Image.BILINEAR, fillcolor=out.getpixel((0, 0)))
-    out = ImageEnhance.Brightness(out).enhance(rng.uniform(0.9, 1.1))
-    return ImageEnhance.Contrast(out).enhance(rng.uniform(0.9, 1.1))
+    out = out.rotate(rng.uniform(-degrees, degrees), resample=Image.BILINEAR, fillcolor=out.getpixel((0, 0)))
+    out = ImageEnhance.Brightness(out).enhance(rng.uniform(1 - jitter, 1 + jitter))
+    return ImageEnhance.Contrast(out).enhance(rng.uniform(1 - jitter, 1 + jitter))
 
 
 def image_hash(image: Image.Image | None) -> str | None:

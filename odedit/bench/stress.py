@@ -36,10 +36,10 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageEnhance
+from PIL import Image
 
 from odedit import evaluate
-from odedit.environments import load_image
+from odedit.environments import augment_image, load_image
 from odedit.metrics import locality_agreement, token_accuracy
 from odedit.models.adapter import MLLMAdapter, Sample
 from schemas.request import EditRequest
@@ -57,14 +57,7 @@ _VIEW = re.compile(r"_v(\d+)_([a-z]+)\.png$")
 
 def heavy_augment(image: Image.Image, rng: random.Random) -> Image.Image:
     """A heavier label-preserving transform than the SE environments' `augment_image`."""
-    w, h = image.size
-    scale = rng.uniform(0.6, 0.8)
-    cw, ch = max(1, int(w * scale)), max(1, int(h * scale))
-    x0, y0 = rng.randint(0, w - cw), rng.randint(0, h - ch)
-    out = image.crop((x0, y0, x0 + cw, y0 + ch)).resize((w, h), Image.BILINEAR)
-    out = out.rotate(rng.uniform(-30, 30), resample=Image.BILINEAR, fillcolor=out.getpixel((0, 0)))
-    out = ImageEnhance.Brightness(out).enhance(rng.uniform(0.6, 1.4))
-    return ImageEnhance.Contrast(out).enhance(rng.uniform(0.6, 1.4))
+    return augment_image(image, rng, crop=(0.6, 0.8), degrees=30.0, jitter=0.4)
 
 
 @dataclass
