@@ -21,7 +21,7 @@ def _lam(adapter, world, world_requests, **odedit):
     root, requests = world_requests
     cfg = EditConfig.from_dict({"method": "odedit-ft-l", "seed": 0,
                                 "base": {"steps": 14, "early_stop_loss": None},
-                                "odedit": {"tv_warmup_steps": 2, **odedit}})
+                                "odedit": {"tv_warmup_steps": 2, "dual": True, **odedit}})
     run = run_edits(adapter, requests[:1], root, cfg, lambda r: world.locality_pool(64, r.subject, seed=0))
     rec = run.records[0]
     assert rec.status == "ok", rec.error
@@ -41,6 +41,9 @@ def test_lambda_rises_above_the_level_and_falls_below_it(adapter, world, world_r
 
 
 def test_dual_off_keeps_lambda_fixed(adapter, world, world_requests):
+    from odedit.config import ODEditConfig
+
+    assert ODEditConfig().dual is False  # the default (TUNED: the dual step cost reliability)
     lam, _ = _lam(adapter, world, world_requests, dual=False, lambda_init=2.0)
     assert lam == pytest.approx([2.0] * len(lam), rel=1e-3)
 

@@ -64,8 +64,9 @@ def test_paired_verdict_needs_every_seed_beyond_the_spread():
 
 def test_full_grid_has_the_control_and_the_dual_ablation():
     names = G.FULL.methods
-    assert "odedit-ft-l[-gen,-loc,-tv]" in names and "odedit-ft-l[-dual]" in names
+    assert "odedit-ft-l[-gen,-loc,-tv]" in names and "odedit-ft-l[+dual]" in names
     ctrl = G.parse_method("odedit-ft-l[-gen,-loc,-tv]").config(0)
     assert (ctrl.odedit.w_gen, ctrl.odedit.w_loc, ctrl.odedit.n_out_text, ctrl.odedit.tv) == (0.0, 0.0, 0, False)
     assert ctrl.odedit.w_se_nll > 0  # the control keeps ODEdit's data: target NLL on SE
+    assert G.parse_method("odedit-ft-l[+dual]").config(0).odedit.dual is True
     assert G.parse_method("odedit-ft-l[-dual]").config(0).odedit.dual is False

@@ -7,7 +7,8 @@ Method names:
   odedit-ft-l[-gen]                       without the MMD generality risk (w_gen=0)
   odedit-ft-l[-se_nll]                    without the target NLL on SE samples (w_se_nll=0)
   odedit-ft-l[-loc]                       without OUT: w_loc=0 and no OUT probes at all
-  odedit-ft-l[-dual]                      lambda fixed at lambda_init (no dual ascent, Eq. 13 off)
+  odedit-ft-l[+dual]                      lambda learned by dual ascent (Eq. 13; off by default)
+  odedit-ft-l[-dual]                      lambda fixed at lambda_init (the default)
   icl                                     in-context editing: the new fact is prepended to every
                                           prompt at inference, no weight change (IKE-style, zero-shot)
 Any `odedit-*[...]` name may combine ablations: `odedit-lora[-tv,-gen]`.
@@ -26,6 +27,7 @@ ABLATIONS: dict[str, dict] = {
     "-se_nll": {"w_se_nll": 0.0},
     "-loc": {"w_loc": 0.0, "n_out_text": 0, "n_out_image": 0},
     "-dual": {"dual": False},
+    "+dual": {"dual": True},
 }
 ICL = "icl"
 _NAME = re.compile(r"^(?P<base>[a-z\-]+?)(?:\[(?P<abl>[^\]]*)\])?$")
@@ -102,7 +104,7 @@ class Grid:
 
 BASE_METHODS = ("ft-l", "lora", "odedit-ft-l", "odedit-lora")
 ABLATION_METHODS = ("odedit-ft-l[-tv]", "odedit-ft-l[-gen]", "odedit-ft-l[-se_nll]", "odedit-ft-l[-loc]",
-                    "odedit-ft-l[-dual]")
+                    "odedit-ft-l[+dual]")
 
 # < 5 min on 2 CPU cores with the embedded model (see bench/README.md for measured times).
 # T=1 is the single-edit row (a sequential run's first edit is exactly a single edit).

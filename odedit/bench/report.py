@@ -105,7 +105,7 @@ def paired(rows: Sequence[Row], a: str, b: str, mode: str, t: int, col: str) -> 
 
 
 VERDICT_PAIRS = (("odedit-ft-l", "ft-l"), ("odedit-ft-l", "odedit-ft-l[-gen,-loc,-tv]"),
-                 ("odedit-lora", "lora"), ("odedit-ft-l", "odedit-ft-l[-dual]"))
+                 ("odedit-lora", "lora"), ("odedit-ft-l[+dual]", "odedit-ft-l"))
 
 
 def verdict_rows(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
