@@ -105,7 +105,10 @@ def paired(rows: Sequence[Row], a: str, b: str, mode: str, t: int, col: str) -> 
 
 
 VERDICT_PAIRS = (("odedit-ft-l", "ft-l"), ("odedit-ft-l", "odedit-ft-l[-gen,-loc,-tv]"),
-                 ("odedit-lora", "lora"), ("odedit-ft-l[+dual]", "odedit-ft-l"))
+                 ("odedit-lora", "lora"), ("odedit-ft-l[+dual]", "odedit-ft-l"),
+                 # what each of ODEdit's terms adds: the default minus the ablation without it
+                 ("odedit-ft-l", "odedit-ft-l[-tv]"), ("odedit-ft-l", "odedit-ft-l[-gen]"),
+                 ("odedit-ft-l", "odedit-ft-l[-se_nll]"), ("odedit-ft-l", "odedit-ft-l[-loc]"))
 
 
 def verdict_rows(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
