@@ -20,7 +20,6 @@ import socket
 import subprocess
 import tempfile
 import time
-import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -454,10 +453,7 @@ def log_version(client: MlflowClient, run_id: str, name: str, base: str, delta_d
         found = integrity.digests(delta_dir, ledger_dir, lin, MODEL_CODE)
         man = integrity.write_manifest(Path(tmp) / integrity.MANIFEST, {**found, "code_file": MODEL_CODE.name},
                                        kind, odedit_version())
-        with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
-            # the shim's predict takes a DataFrame checked against SIGNATURE; MLflow's advice to
-            # add type hints instead is not for this model and only clutters flow logs
-            warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
+        with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=str(MODEL_CODE),
                 artifacts={"delta": str(delta_dir), "lineage": str(lin), "ledger": str(ledger_dir),

@@ -65,6 +65,10 @@ def verify_artifacts(artifacts: dict) -> dict:
 
 
 class EditedModel(mlflow.pyfunc.PythonModel):
+    # MLflow's opt-out of type-hint validation: this model takes a DataFrame checked against its
+    # logged signature; without it MLflow warns on every import (CLI and flow logs) to add hints
+    _skip_type_hint_validation = True
+
     def load_context(self, context):
         man = verify_artifacts(context.artifacts)
         have = installed_version()
