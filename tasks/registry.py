@@ -110,11 +110,16 @@ def finish_run(run_id: str, tags: dict, status: str, tracking_uri: str | None) -
 
 
 def links(name: str, run_id: str | None, version: str | None, tracking_uri: str | None) -> dict[str, str]:
-    """UI links (or ids) of a batch's MLflow run and model version."""
+    """UI links (or ids) of a batch's MLflow run and model version; best effort (a report link
+    never fails a batch that is already registered): {} when the registry cannot be read."""
     from odedit.lifecycle.batch_report import mlflow_links
 
-    client = registry.connect(tracking_uri)
-    return mlflow_links(client.tracking_uri, registry.experiment_id(client), run_id, name, version)
+    try:
+        client = registry.connect(tracking_uri)
+        return mlflow_links(client.tracking_uri, registry.experiment_id(client), run_id, name, version)
+    except Exception as exc:  # noqa: BLE001 - any failure here only costs the links
+        run_logger().warning("no MLflow links for the batch report: %s", exc)
+        return {}
 
 
 @_task("record-rejected")
