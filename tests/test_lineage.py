@@ -33,6 +33,15 @@ def _one(path: Path, seed: int) -> Path:
     return fixtures.demo_batch(path, 1, seed=seed)
 
 
+def _base_and_copy(registry, c, name: str, model: str, work: Path, tags: dict) -> str:
+    """Register `name` (version 1 = the base) and a second version holding the base's (empty)
+    delta with `tags`, as if registered by hand; returns the second version."""
+    registry.init_model(c, name, model, [], None)
+    delta = registry.download_delta(c, name, "1", work / "d1")
+    run = c.create_run(registry.experiment_id(c))
+    return registry.log_version(c, run.info.run_id, name, registry.base_ref(c, name), delta, tags, [])
+
+
 def test_two_batches_without_promote_chain_and_rollback_restores_ledger(harness, tiny_model, state):
     from flows.edit_batch import edit_batch
     from flows.promote import promote
@@ -77,12 +86,8 @@ def test_rollback_rules(harness, tiny_model, state):
     from tasks.lifecycle import PromotionRefused, previous_champion
 
     registry, c = client()
-    registry.init_model(c, "R", tiny_model, [], None)
     # a version whose gate did not pass (e.g. registered by hand): same delta as the base
-    delta = registry.download_delta(c, "R", "1", state / "d1")
-    run = c.create_run(registry.experiment_id(c))
-    bad = registry.log_version(c, run.info.run_id, "R", registry.base_ref(c, "R"), delta,
-                               {"odedit.kind": "edit-batch", "odedit.gate": "failed"}, [])
+    bad = _base_and_copy(registry, c, "R", tiny_model, state, {"odedit.kind": "edit-batch", "odedit.gate": "failed"})
     with pytest.raises(PromotionRefused, match="did not pass its gate"):
         rollback.fn("R", to=bad)
     with pytest.raises(PromotionRefused, match="--note"):
@@ -238,12 +243,8 @@ def test_champion_moved_outside_odedit_is_refused_until_recorded(harness, tiny_m
     from tasks.lifecycle import PromotionRefused, resolve_candidate
 
     registry, c = client()
-    registry.init_model(c, "U", tiny_model, [], None)
-    delta = registry.download_delta(c, "U", "1", state / "d1")
-    run = c.create_run(registry.experiment_id(c))
     # a second servable version (the base's empty delta, so registered as kind base)
-    v2 = registry.log_version(c, run.info.run_id, "U", registry.base_ref(c, "U"), delta,
-                              {"odedit.kind": "base", "odedit.parent_version": "1"}, [])
+    v2 = _base_and_copy(registry, c, "U", tiny_model, state, {"odedit.kind": "base", "odedit.parent_version": "1"})
     c.set_registered_model_alias("U", "champion", v2)  # what MLflow's UI does: no gate, no record
     with pytest.raises(registry.RegistryError, match="moved outside odedit"):
         registry.check_champion_audited(c, "U")
