@@ -521,23 +521,23 @@ def start_batch_run(client: MlflowClient, name: str, batch_id: str, params: dict
     return run.info.run_id
 
 
-def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float | None]) -> None:
+def _log_points(client: MlflowClient, run_id: str, points: Iterable[tuple[str, float | None, int]]) -> None:
+    """(key, value, step) points in batches of 500 (MLflow's limit per call); None values skipped."""
     from mlflow.entities import Metric
 
     ts = int(time.time() * 1000)
-    ms = [Metric(k, float(v), ts, 0) for k, v in metrics.items() if v is not None]
+    ms = [Metric(k, float(v), ts, step) for k, v, step in points if v is not None]
     for i in range(0, len(ms), 500):
         client.log_batch(run_id, metrics=ms[i:i + 500])
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float | None]) -> None:
+    _log_points(client, run_id, ((k, v, 0) for k, v in metrics.items()))
 
 
 def log_series(client: MlflowClient, run_id: str, series: dict[str, Sequence[float | None]]) -> None:
     """Step-indexed metrics (one point per optimisation step; None points are skipped)."""
-    from mlflow.entities import Metric
-
-    ts = int(time.time() * 1000)
-    ms = [Metric(k, float(v), ts, step) for k, vs in series.items() for step, v in enumerate(vs) if v is not None]
-    for i in range(0, len(ms), 500):
-        client.log_batch(run_id, metrics=ms[i:i + 500])
+    _log_points(client, run_id, ((k, v, step) for k, vs in series.items() for step, v in enumerate(vs)))
 
 
 def log_artifacts(client: MlflowClient, run_id: str, directory: Path, path: str | None = None) -> None:

@@ -254,8 +254,8 @@ def evaluate_gate(records: list[Mapping], cfg: GateConfig, regression: dict | No
 
 def checks(verdict: GateVerdict) -> list[dict]:
     """Every threshold the verdict applied, with the value it was checked against: one dict per
-    check (name, value, op, threshold, ok), for logs and reports. Per-edit floors are summarised
-    by their lowest value."""
+    check (name, value, op, threshold, ok), for logs and reports. Per-edit floors are not listed
+    here: each edit under one is named in the verdict's reasons."""
     cfg, m, proto = verdict.config, verdict.metrics, verdict.locality_protocol
     out = []
 
