@@ -42,7 +42,7 @@ ODEDIT_MAX_BATCH_BYTES, default 64 MiB) before anything is read, must have a nam
 follows the id policy (it becomes the batch id, the run name and a work directory: reason
 `invalid_name` otherwise), and are checked by streaming
 (`odedit.requests.io.inspect_batch`: one line in memory at a time). Other entries (images,
-notes, `*.part`) are left alone; a sub-directory is a batch folder (above). `done/` and `quarantine/` are created up
+notes, `*.part`) are left alone; a sub-directory holding a request file is a batch folder (above). `done/` and `quarantine/` are created up
 front and must be real directories.
 
 Residual window (documented, not closed): the edit-batch flow re-opens the file by path to
@@ -86,7 +86,7 @@ TOO_LARGE = "too_large"
 UNREADABLE = "unreadable"
 UNSUPPORTED = "unsupported"
 INVALID_NAME = "invalid_name"  # the file name's stem is not a valid id (it becomes the batch id, run name, work dir)
-INVALID_FOLDER = "invalid_folder"  # a batch folder without exactly one request file at its top level
+INVALID_FOLDER = "invalid_folder"  # a batch folder with more than one request file at its top level
 REJECTED = "rejected"  # every row refused by validation
 
 
@@ -173,7 +173,7 @@ def scan(inbox: str | Path, settle_s: float | None = None, now: float | None = N
                 detail = "symlink (not followed)"
             out.refused.append((path, SYMLINK, detail))
             continue
-        if e.name.endswith((MARKER, REASON_SUFFIX, ATTEMPTS_SUFFIX)) or Path(e.name).suffix.lower() not in SUFFIXES:
+        if not is_request_name(e.name):
             continue  # markers, images, notes, partial uploads: not request files
         st = e.stat(follow_symlinks=False)
         if not stat.S_ISREG(st.st_mode):
@@ -192,6 +192,11 @@ def scan(inbox: str | Path, settle_s: float | None = None, now: float | None = N
     return out
 
 
+def is_request_name(name: str) -> bool:
+    """A request file's name: a request suffix, and not one of the inbox's own side files."""
+    return Path(name).suffix.lower() in SUFFIXES and not name.endswith((MARKER, REASON_SUFFIX, ATTEMPTS_SUFFIX))
+
+
 def _folder_state(folder: Path) -> tuple[float, list[Path], list[Path]]:
     """(newest change time of the folder or anything below it, symlinks found, request files at
     its top level); never follows a link."""
@@ -205,8 +210,7 @@ def _folder_state(folder: Path) -> tuple[float, list[Path], list[Path]]:
             newest = max(newest, st.st_mtime, st.st_ctime)
             if stat.S_ISLNK(st.st_mode):
                 links.append(q)
-            elif Path(root) == folder and name in files and Path(name).suffix.lower() in SUFFIXES \
-                    and not name.endswith((MARKER, REASON_SUFFIX, ATTEMPTS_SUFFIX)):
+            elif Path(root) == folder and name in files and is_request_name(name):
                 requests.append(q)
     return newest, links, requests
 
