@@ -60,6 +60,9 @@ class ODEditConfig:
     # "detached" = constant kernel per step (dR/dw then differentiates another function). INFERRED
     mmd_bandwidth: Literal["differentiable", "detached"] = "differentiable"
     tv: bool = True  # the total-variation (IRM-TV) penalty on/off, for ablation
+    # how dR_e/dw is taken (speed only, the same values): "rows" = one backward with a scale per
+    # row, "loop" = one autograd.grad per environment (always used with a detached MMD bandwidth)
+    tv_grads: Literal["rows", "loop"] = "rows"
     tv_warmup_steps: int = 5  # penalty annealed in after these steps (INFERRED from IRM-TV code)
     lambda_init: float = 1.0  # initial penalty weight lambda (INFERRED)
     lambda_hidden: int = 16  # lambda-network hidden width (IRM-TV reference: Linear-ReLU-Linear-Softplus)

@@ -63,6 +63,10 @@ class EnvBatch:
         self.encoded: dict[str, Encoded] = encoded
         self.rows = [EnvRows(env, g, torch.tensor(idx)) for env, g, idx in placed]
 
-    def forward(self, adapter: MLLMAdapter, scale: torch.Tensor | None = None):
-        """{group: (hidden, logits)} for every group."""
-        return {g: adapter.hidden_and_logits(enc, scale) for g, enc in self.encoded.items()}
+    def forward(self, adapter: MLLMAdapter, scale: torch.Tensor | dict[str, torch.Tensor] | None = None,
+                raw: bool = False):
+        """{group: (hidden, logits)} for every group; `scale` one tensor for all groups or one per
+        group (e.g. a [rows, 1, 1] scale per row); `raw` as in `MLLMAdapter.hidden_and_logits`."""
+        def of(g):
+            return scale.get(g) if isinstance(scale, dict) else scale
+        return {g: adapter.hidden_and_logits(enc, of(g), raw) for g, enc in self.encoded.items()}

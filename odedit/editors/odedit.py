@@ -15,6 +15,7 @@ G = R_rel(IN) + mean_SE R_gen + mean_OUT R_loc + lambda(delta, phi_e) * (mean_e 
           ASCENT at phi^{k+1} (PAPER Eq. 13) on lambda * (TV / tv_level - 1) (INFERRED constraint
           level: lambda falls once the risks agree across environments), annealed in after
           `tv_warmup_steps`, clamped to [0, lambda_max]; dual=False keeps it at lambda_init
+          (no network at all then)
 """
 
 from __future__ import annotations
@@ -87,8 +88,11 @@ class ODEditObjective:
         self.w_replay = w_replay
         with torch.no_grad():  # pre-edit distributions for the OUT environments, computed once
             self.pre_logits = {g: l.detach() for g, (_, l) in batch.forward(adapter).items()}
-        self.lambda_net = LambdaNet(params, config, seed)
-        self.dual_opt = torch.optim.SGD(self.lambda_net.parameters(), lr=config.lambda_lr, maximize=True)
+        # with the dual step off lambda IS lambda_init: no network, no sketch of the change per step
+        # (which copies the whole edited tensor to the CPU) and no per-parameter hash memory
+        self.lambda_net = LambdaNet(params, config, seed) if config.dual else None
+        self.dual_opt = (torch.optim.SGD(self.lambda_net.parameters(), lr=config.lambda_lr, maximize=True)
+                         if self.lambda_net is not None else None)
         self.step_index = 0
         self._dual_pending = False
 
@@ -104,12 +108,25 @@ class ODEditObjective:
 
     def __call__(self) -> tuple[torch.Tensor, dict]:
         cfg = self.config
-        w = torch.ones((), device=self.adapter.device, requires_grad=True)
-        out = self.batch.forward(self.adapter, scale=w)
+        tv_on = cfg.tv and self.step_index >= cfg.tv_warmup_steps and len(self.batch.rows) > 1
+        # dR_e/dw for every environment from ONE backward: w is one scale per row, and as each
+        # environment's NLL / KL reads only its own rows, dR_e/dw = the sum of dR/dw_r over e's
+        # rows. MMD couples IN's rows with each SE's, but its dR/dw is exactly 0 (the kernel's
+        # bandwidth follows the states' scale), so it reads the unscaled states. With a detached
+        # bandwidth that share is not 0: one grad per environment, all rows under one scalar w.
+        rowwise = tv_on and cfg.tv_grads == "rows" and cfg.mmd_bandwidth == "differentiable"
+        if rowwise:
+            w = {g: torch.ones(enc.size, 1, 1, device=self.adapter.device, requires_grad=True)
+                 for g, enc in self.batch.encoded.items()}
+            out = self.batch.forward(self.adapter, scale=w, raw=True)
+        else:
+            w = torch.ones((), device=self.adapter.device, requires_grad=True) if tv_on else None
+            out = self.batch.forward(self.adapter, scale=w)
         labels = {g: enc.labels for g, enc in self.batch.encoded.items()}
         in_states = None
         risks: dict[str, list[torch.Tensor]] = {"IN": [], "SE": [], "OUT": [], "KEEP": []}
         env_risks: list[torch.Tensor] = []
+        env_parts: list[list] = []  # each environment's (group, rows), aligned with env_risks
         fits: list[float] = []  # target NLL of IN and SE environments (early-stop criterion)
         by_env: dict[str, list] = {}
         for er in self.batch.rows:
@@ -144,19 +161,32 @@ class ODEditObjective:
                         risk = risk + cfg.w_gen * losses.mmd2(in_states, states, cfg.mmd_scales, cfg.mmd_bandwidth)
             risks[kind].append(risk)
             env_risks.append(risk)
+            env_parts.append(parts)
         total = sum(torch.stack(v).mean() for v in risks.values() if v)
         stats = {f"risk_{k.lower()}": torch.stack(v).mean().item() for k, v in risks.items() if v}
         stats["fit"] = fits[0] if cfg.stop_on == "in" else max(fits)  # fits[0] is IN
-        if cfg.tv and self.step_index >= cfg.tv_warmup_steps and len(env_risks) > 1:
-            grads = [torch.autograd.grad(r, w, create_graph=True)[0] for r in env_risks]
-            penalty = torch.stack([g.abs() for g in grads]).mean().pow(2)
+        if tv_on and len(env_risks) > 1:
+            penalty = self._risk_slopes(env_risks, env_parts, w).abs().mean().pow(2)
             if self._dual_pending:  # the risks now are those at phi^{k+1}: Eq. 13's dual step
                 self._dual_ascent(penalty.detach().item())
-            lam = self.lambda_net(self.params).detach()  # the primal step treats lambda as fixed
+            lam = (self.lambda_net(self.params).detach().item()  # the primal step treats lambda as fixed
+                   if self.lambda_net is not None else cfg.lambda_init)
             total = total + lam * penalty
-            stats.update(tv_penalty=penalty.item(), lam=lam.item())
+            stats.update(tv_penalty=penalty.item(), lam=lam)
         self.step_index += 1
         return total, stats
+
+    @staticmethod
+    def _risk_slopes(env_risks: list[torch.Tensor], env_parts: list[list],
+                     w: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+        """dR_e/dw for every environment, differentiable (the penalty is trained through)."""
+        if not isinstance(w, dict):
+            return torch.stack([torch.autograd.grad(r, w, create_graph=True)[0] for r in env_risks])
+        groups = list(w)
+        grads = torch.autograd.grad(sum(env_risks), [w[g] for g in groups], create_graph=True, allow_unused=True)
+        by_group = {g: (gr if gr is not None else torch.zeros_like(w[g])).flatten()
+                    for g, gr in zip(groups, grads)}
+        return torch.stack([sum(by_group[er.group][er.rows].sum() for er in parts) for parts in env_parts])
 
     def _dual_ascent(self, penalty: float) -> None:
         """delta <- delta + gamma2 * grad_delta [lambda(delta, phi^{k+1}) * v], v = TV(phi^{k+1}) / level - 1
@@ -174,4 +204,4 @@ class ODEditObjective:
         """Called after each primal step: the dual ascent is due, and runs at the start of the next
         step's objective, where the risks at phi^{k+1} are computed anyway (no extra forward).
         The last primal step's dual update would never be used, so it is not taken."""
-        self._dual_pending = self.config.dual and self.config.lambda_lr > 0
+        self._dual_pending = self.lambda_net is not None and self.config.lambda_lr > 0

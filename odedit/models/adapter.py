@@ -295,21 +295,21 @@ class MLLMAdapter:
         finally:
             lm.layers = full
 
-    def hidden_and_logits(self, enc: Encoded, scale: torch.Tensor | None = None):
-        """Last hidden state (optionally multiplied by `scale`) and the LM-head logits. The
-        full forward is the model's own (whatever its family adds after the head, e.g. logit
-        soft-capping, stays), with the hidden state taken (and scaled) at the LM head's input."""
+    def hidden_and_logits(self, enc: Encoded, scale: torch.Tensor | None = None, raw: bool = False):
+        """Last hidden state (optionally multiplied by `scale`; `raw` returns it unscaled, while
+        the logits still see the scale) and the LM-head logits. The full forward is the model's
+        own (whatever its family adds after the head, e.g. logit soft-capping, stays), with the
+        hidden state taken (and scaled) at the LM head's input."""
         head = self.model.get_output_embeddings()
         if enc.prefix is not None:
             hidden = self._decoder_from_prefix(enc).last_hidden_state
-            if scale is not None:
-                hidden = hidden * scale
-            return hidden, head(hidden).float()
+            scaled = hidden if scale is None else hidden * scale
+            return hidden if raw else scaled, head(scaled).float()
         seen = {}
 
         def at_head(_module, args):
             hidden = args[0] if scale is None else args[0] * scale
-            seen["hidden"] = hidden
+            seen["hidden"] = args[0] if raw else hidden
             return (hidden,) + tuple(args[1:])
 
         handle = head.register_forward_pre_hook(at_head)
