@@ -540,8 +540,6 @@ def same_batch_step_ms(adapter: MLLMAdapter, env, cfg: EditConfig, steps: int) -
     try:
         batch = EnvBatch(adapter, env.train, with_eos=cfg.base.with_eos,
                          prefix_layer=editor.layer if cfg.base.cache_prefix else None)
-        if len(batch.encoded) != 1:  # no prefix cache (other model types): one group per modality
-            return float("nan"), 0
         objective = PlainObjective(adapter, batch)
         opt = torch.optim.Adam(params, lr=cfg.base.lr)
         times = []
@@ -552,7 +550,7 @@ def same_batch_step_ms(adapter: MLLMAdapter, env, cfg: EditConfig, steps: int) -
             loss.backward()
             opt.step()
             times.append(time.perf_counter() - t)
-        n = next(iter(batch.encoded.values())).size
+        n = sum(e.size for e in batch.encoded.values())
     finally:
         editor.abort()  # restores the weight
     return 1000 * statistics.median(times[1:] or times), n

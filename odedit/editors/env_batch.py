@@ -2,8 +2,9 @@
 
 Samples are encoded per modality (image / text-only). When the model supports it, the frozen
 prefix (vision tower, projector, embeddings, decoder layers below the edited one) is run ONCE
-and cached, and the two modalities are merged into a single batch of cached hidden states, so
-each optimisation step runs only the decoder layers from the edited one up."""
+and cached, so each optimisation step runs only the decoder layers from the edited one up; the
+two modalities' cached states are merged into a single batch when padding the short (text)
+rows to the long (image) ones costs little (`merge_pays`), else kept as two."""
 
 from __future__ import annotations
 
@@ -40,6 +41,16 @@ def merge_prefixed(parts: list[Encoded]) -> Encoded:
     return Encoded({"attention_mask": mask}, labels, prefix, parts[0].prefix_layer)
 
 
+def merge_pays(encoded: dict[str, Encoded], slack: float = 1.25) -> bool:
+    """One merged batch (one forward per step) unless right-padding every row to the longest
+    costs more than `slack` x the positions of the separate batches: image rows are hundreds of
+    tokens, text rows tens, and padded positions cost compute and activation memory all the way
+    up (PRODUCT, speed and memory only: the rows' values are the same either way)."""
+    merged = sum(e.size for e in encoded.values()) * max(e.labels.shape[1] for e in encoded.values())
+    separate = sum(e.size * e.labels.shape[1] for e in encoded.values())
+    return merged <= slack * separate
+
+
 class EnvBatch:
     def __init__(self, adapter: MLLMAdapter, envs: list[Environment], with_eos: bool = False,
                  prefix_layer: int | None = None):
@@ -55,6 +66,7 @@ class EnvBatch:
         encoded = {g: adapter.encode(s, with_eos=with_eos) for g, s in samples.items() if s}
         if prefix_layer is not None and adapter.supports_prefix_cache and prefix_layer > 0:
             encoded = {g: adapter.cache_prefix(e, prefix_layer) for g, e in encoded.items()}
+        if len(encoded) > 1 and all(e.prefix is not None for e in encoded.values()) and merge_pays(encoded):
             offsets, total = {}, 0
             for g, e in encoded.items():
                 offsets[g], total = total, total + e.size
