@@ -1,5 +1,7 @@
-"""ODEdit's TV penalty taken the cheap way (one backward, a scale per row) equals the paper's
-definition taken the direct way (one dR_e/dw per environment): same penalty, same gradient."""
+"""Cost choices that must not change ODEdit's values: the TV penalty taken the cheap way (one
+backward, a scale per row) equals the paper's definition taken the direct way (one dR_e/dw per
+environment), and image / text rows merged into one padded batch or kept as two give the same
+risks."""
 
 import pytest
 import torch
@@ -36,3 +38,23 @@ def test_rowwise_slopes_equal_one_grad_per_environment(adapter, world, world_req
         assert diff < 1e-3, diff
     finally:
         editor.abort()
+
+
+def test_merged_and_separate_cached_batches_give_the_same_risks(adapter, world, world_requests, monkeypatch):
+    """Whether image and text rows share one padded batch or run as two is a cost choice only."""
+    from odedit.editors import env_batch
+
+    root, requests = world_requests
+    cfg = EditConfig(method="odedit-ft-l")
+    es = build_environments(requests[1], root, cfg.odedit, world.locality_pool(64, requests[1].subject), seed=0)
+    layer = BASE_EDITORS["ft-l"](adapter, cfg.base).layer
+    stats = {}
+    for merge in (True, False):
+        monkeypatch.setattr(env_batch, "merge_pays", lambda encoded, slack=1.25, m=merge: m)
+        batch = env_batch.EnvBatch(adapter, es.train, prefix_layer=layer)
+        assert len(batch.encoded) == (1 if merge else 2)
+        with torch.no_grad():
+            _, stats[merge] = ODEditObjective(adapter, batch, [], cfg.odedit, seed=0)()
+    assert stats[True].keys() == stats[False].keys()
+    for k in stats[True]:
+        assert stats[False][k] == pytest.approx(stats[True][k], rel=1e-4, abs=1e-6), k
