@@ -40,6 +40,13 @@ class BaseEditorConfig:
     null_space_tol: float = 3e-5  # eigenvalues of K0 K0^T below tol * max span the null space (TUNED)
     preserve_views: int = 4  # world models: training views an image fact is preserved on (TUNED)
     preserve_phrasings: int = 4  # world models: training phrasings a text fact is preserved in (TUNED)
+    # Soft preservation (PRODUCT, this project's, not AlphaEdit's): a wider set of the knowledge to
+    # preserve (more phrasings / views than the hard bank) whose keys the update is only steered
+    # away from: after every step Delta <- Delta (I - soft_decay * C / ||C||), C = their key
+    # covariance minus the edited fact. 0 phrasings or decay 0 = off.
+    soft_phrasings: int = 0  # world models: training phrasings per text fact in the soft set
+    soft_views: int = 0  # world models: training views per image fact in the soft set
+    soft_decay: float = 0.0  # per-step shrink of the update along the soft set's keys
 
 
 @dataclass

@@ -48,11 +48,13 @@ class EditRecord:
 @dataclass(frozen=True)
 class Kept:
     """An earlier edit that must keep holding: its reliability sample, its subject and the
-    answer it replaced (that old fact is no longer knowledge to preserve)."""
+    answer it replaced (that old fact is no longer knowledge to preserve). `soft`: knowledge the
+    update is only steered away from (`BaseEditorConfig.soft_decay`), not projected out of."""
 
     sample: Sample
     subject: str | None = None
     replaced: str | None = None
+    soft: bool = False
 
 
 TRAJECTORY_KEYS = ("lam", "tv_penalty")
@@ -138,7 +140,7 @@ def run_edits(
         bank = KeyBank(adapter, adapter.mlp_module(edited_layer(adapter, config.base), config.base.proj),
                        config.base.null_space_tol)
         both = list(preserve) + kept
-        bank.add([k.sample for k in both], [k.subject for k in both])
+        bank.add([k.sample for k in both], [k.subject for k in both], [k.soft for k in both])
         for k in kept:
             bank.forget(k.subject, k.replaced)
     for req in requests:
@@ -150,10 +152,12 @@ def run_edits(
             record.answer_before = adapter.answer(edit_sample.prompt, edit_sample.image)
             before = evaluate.baseline(adapter, envset.heldout)
             record.pre = before.scores
+            projection = bank.projector(subject_of(req), record.answer_before) if bank is not None else None
+            soft = (bank.soft_metric(subject_of(req), record.answer_before, within=projection)
+                    if bank is not None and config.base.soft_decay > 0 else None)
             outcome = optimise_edit(adapter, envset, config, fault=(fault or {}).get(req.id),
                                     keep=keep_for(req, kept, record.answer_before),
-                                    projection=bank.projector(subject_of(req), record.answer_before)
-                                    if bank is not None else None)
+                                    projection=projection, soft_metric=soft)
             record.steps, record.seconds = outcome.steps, outcome.seconds
             record.trajectory = trajectory(outcome.losses, outcome.stats)
             record.delta_bytes = outcome.delta.nbytes

@@ -50,11 +50,13 @@ def locality_pool_for(
     return for_request
 
 
-def world_preservation(world, views_per_kind: int = 4, phrasings_per_kind: int = 4, seed: int = 0):
+def world_preservation(world, views_per_kind: int = 4, phrasings_per_kind: int = 4, seed: int = 0,
+                       soft: bool = False):
     """Knowledge to preserve for a world model, with subjects: every entity x every image kind
     on `views_per_kind` training views (one distinct training phrasing a view) and every text
     kind in `phrasings_per_kind` distinct training phrasings (what the model was pretrained to
-    know). Held-out views, the held-out style and held-out phrasings are never in it."""
+    know). Held-out views, the held-out style and held-out phrasings are never in it. `soft`
+    marks every item for the soft set (`nullspace.KeyBank`)."""
     import numpy as np
 
     from odedit.editing import Kept
@@ -68,24 +70,29 @@ def world_preservation(world, views_per_kind: int = 4, phrasings_per_kind: int =
             phr = world.phrasings(kind, True)
             picks = rng.choice(len(phr), size=min(n_views, len(phr)), replace=False)
             for v, j in zip(rng.choice(world.train_views, size=n_views, replace=False), picks):
-                out.append(Kept(Sample(phr[int(j)].prompt(), ent.answer(kind), world.render(ent, int(v))), ent.name))
+                out.append(Kept(Sample(phr[int(j)].prompt(), ent.answer(kind), world.render(ent, int(v))), ent.name,
+                                soft=soft))
         for kind in TEXT_KINDS:
             phr = world.phrasings(kind, False)
             for j in rng.choice(len(phr), size=min(phrasings_per_kind, len(phr)), replace=False):
-                out.append(Kept(Sample(phr[int(j)].prompt(ent.name), ent.answer(kind)), ent.name))
+                out.append(Kept(Sample(phr[int(j)].prompt(ent.name), ent.answer(kind)), ent.name, soft=soft))
     return out
 
 
 def preservation_for(adapter: MLLMAdapter, model_ref: str | Path, requests: Sequence[EditRequest],
                      image_root: str | Path | None, seed: int = 0, answers: Sequence[Sample] | None = None,
-                     views: int = 4, phrasings: int = 4) -> list:
+                     views: int = 4, phrasings: int = 4, soft_views: int = 0, soft_phrasings: int = 0) -> list:
     """What the null-space constraint protects: the world's knowledge for a world model, else
     the batch's own prompts with the model's current answers (each tagged with its subject).
+    World models also get the soft set (`soft_views` x `soft_phrasings`, other draws) when asked.
     INFERRED/PRODUCT: for a real checkpoint a larger preservation set (e.g. the fixed regression
     probes or a sample of the training distribution) protects more."""
     world = world_of(model_ref) if Path(str(model_ref)).is_dir() else None
     if world is not None:
-        return world_preservation(world, views, phrasings, seed=seed)
+        hard = world_preservation(world, views, phrasings, seed=seed)
+        if soft_views or soft_phrasings:
+            hard += world_preservation(world, soft_views, soft_phrasings, seed=seed + 1, soft=True)
+        return hard
     from odedit.editing import Kept, subject_of
 
     return [Kept(s, subject_of(req))

@@ -96,3 +96,23 @@ def test_lifelong_sequence_keeps_earlier_edits_and_unrelated_answers(adapter, wo
         with torch.no_grad():
             for n, p in adapter.model.named_parameters():
                 p.copy_(snapshot[n])
+
+
+def test_key_bank_leaves_out_exactly_the_replaced_fact(adapter, world):
+    """A bank's projector without fact F equals the projector of a bank that never saw F's
+    samples; forgetting F makes it so for good. Memory: one covariance, not one per fact."""
+    cfg = EditConfig(method="ft-l-lifelong")
+    module = adapter.mlp_module(edited_layer(adapter, cfg.base), cfg.base.proj)
+    kept = world_preservation(world, 1, 1)[:60]
+    subject, answer = kept[0].subject, kept[0].sample.target
+    is_f = [fact_key(k.subject, k.sample.target) == fact_key(subject, answer) for k in kept]
+    assert 0 < sum(is_f) < len(kept)
+    full, without = (KeyBank(adapter, module, cfg.base.null_space_tol) for _ in range(2))
+    full.add([k.sample for k in kept], [k.subject for k in kept])
+    rest = [k for k, f in zip(kept, is_f) if not f]
+    without.add([k.sample for k in rest], [k.subject for k in rest])
+    assert torch.allclose(full.projector(subject, answer), without.projector(), atol=1e-5)
+    assert not torch.allclose(full.projector(), without.projector(), atol=1e-5)
+    full.forget(subject, answer)
+    assert torch.allclose(full.projector(), without.projector(), atol=1e-5)
+    assert len(full.totals) == 2 and all(t.shape == (module.weight.shape[1],) * 2 for t in full.totals)

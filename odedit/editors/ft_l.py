@@ -18,9 +18,10 @@ class FTLEditor(BaseEditor):
 
     def after_step(self) -> None:
         w = self.module.weight
+        side = self.input_side()
         with torch.no_grad():
-            if self.projection is not None:  # the change acts only on keys outside the preserved span
-                w.copy_(self._original + (w - self._original) @ self.projection)
+            if side is not None:  # the change acts only on keys outside the preserved span
+                w.copy_(self._original + (w - self._original) @ side)
             eps = self.config.norm_constraint
             if eps is not None:  # EasyEdit FT: keep every weight within eps of its original value
                 w.copy_(torch.clamp(w, self._original - eps, self._original + eps))

@@ -29,11 +29,12 @@ class LoRAEditor(BaseEditor):
         return params
 
     def after_step(self) -> None:
-        if self.projection is not None:  # Delta = B A: projecting A's input side projects Delta
+        side = self.input_side()
+        if side is not None:  # Delta = B A: projecting A's input side projects Delta
             with torch.no_grad():
                 for name, p in self._lora.named_parameters():
                     if "lora_A" in name:
-                        p.copy_(p @ self.projection)
+                        p.copy_(p @ side)
 
     def _unwrap(self, merge: bool) -> None:
         if merge:

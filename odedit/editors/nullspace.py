@@ -12,6 +12,11 @@ eigendecomposition of the bank minus the fact it replaces.
 
 PRODUCT choice, not part of ODEdit: the preserved set is `odedit.pools.preservation_for` (what
 the model already knows) plus earlier edits (so later edits do not overwrite them).
+
+Soft preservation (PRODUCT, this project's): a wider "soft" set (more phrasings / views of the
+same knowledge) is not projected out - that would leave too few directions for an edit to fit -
+but the update is shrunk along it after every step (`BaseEditorConfig.soft_decay`), so among the
+updates that fit, one that moves those inputs less is preferred.
 """
 
 from __future__ import annotations
@@ -63,34 +68,63 @@ def fact_key(subject: str | None, answer: str | None) -> tuple[str, str]:
 
 
 class KeyBank:
-    """Key covariances of the knowledge to preserve, bucketed by fact (subject, current answer),
-    so that each edit's projector can leave out the keys of the very fact it replaces (the answer
-    it changes, about its subject) without recomputing the rest; other facts of the same subject
+    """The key covariance of the knowledge to preserve, with its samples bucketed by fact
+    (subject, current answer), so that each edit's projector can leave out the keys of the very
+    fact it replaces (the answer it changes, about its subject); other facts of the same subject
     stay protected. Keys do not depend on the edited projection, so one bank serves a whole batch
-    of sequential edits; earlier edits are added as they land."""
+    of sequential edits; earlier edits are added as they land.
+
+    Memory: one (in x in) covariance per set (hard, soft), whatever the number of facts; a
+    fact's own covariance is recomputed from its few samples when an edit needs it left out
+    (a forward up to the edited projection), not stored (a 7B `down_proj` has in = 11008: one
+    float64 covariance is ~1 GB, one per fact would not fit)."""
 
     def __init__(self, adapter: MLLMAdapter, module: torch.nn.Module, tol: float):
         self.adapter, self.module, self.tol = adapter, module, tol
-        self.by_fact: dict[tuple[str, str], torch.Tensor] = {}
-        self.total = torch.zeros(module.weight.shape[1], module.weight.shape[1], dtype=torch.float64)
+        n = module.weight.shape[1]
+        # index 0: the hard bank (projected out), 1: the soft set (shrunk along)
+        self.facts: tuple[dict[tuple[str, str], list[Sample]], ...] = ({}, {})
+        self.totals = (torch.zeros(n, n, dtype=torch.float64), torch.zeros(n, n, dtype=torch.float64))
 
-    def add(self, samples: Sequence[Sample], subjects: Sequence[str | None]) -> None:
-        """Preserve `samples` (each sample's target is the answer that must stay)."""
-        subjects = list(subjects)
+    def add(self, samples: Sequence[Sample], subjects: Sequence[str | None],
+            soft: Sequence[bool] | None = None) -> None:
+        """Preserve `samples` (each sample's target is the answer that must stay); those marked
+        `soft` join the soft set instead of the hard bank."""
+        subjects, soft = list(subjects), list(soft or [False] * len(samples))
         for i, keys in sample_keys(self.adapter, self.module, samples):
-            cov = keys.T @ keys
-            key = fact_key(subjects[i], samples[i].target)
-            self.by_fact[key] = self.by_fact.get(key, 0) + cov
-            self.total += cov
+            j = int(bool(soft[i]))
+            self.facts[j].setdefault(fact_key(subjects[i], samples[i].target), []).append(samples[i])
+            self.totals[j].add_(keys.T @ keys)
+
+    def _fact_cov(self, j: int, subject: str | None, answer: str | None) -> torch.Tensor | None:
+        samples = self.facts[j].get(fact_key(subject, answer))
+        return key_covariance(self.adapter, self.module, samples) if samples else None
 
     def forget(self, subject: str | None, answer: str | None) -> None:
         """Stop preserving a fact that was replaced on purpose (an edit changed that answer)."""
-        cov = self.by_fact.pop(fact_key(subject, answer), None)
-        if cov is not None:
-            self.total -= cov
+        for j, total in enumerate(self.totals):
+            cov = self._fact_cov(j, subject, answer)
+            if cov is not None:
+                total.sub_(cov)
+                del self.facts[j][fact_key(subject, answer)]
+
+    def _without(self, j: int, subject: str | None, answer: str | None) -> torch.Tensor:
+        cov = self._fact_cov(j, subject, answer)
+        return self.totals[j] if cov is None else self.totals[j] - cov
 
     def projector(self, subject: str | None = None, answer: str | None = None) -> torch.Tensor:
         """The null-space projector of everything preserved but the fact (subject, answer)."""
-        key = fact_key(subject, answer)
-        cov = self.total - self.by_fact[key] if key in self.by_fact else self.total
-        return null_projector(cov, self.tol)
+        return null_projector(self._without(0, subject, answer), self.tol)
+
+    def soft_metric(self, subject: str | None = None, answer: str | None = None,
+                    within: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The soft set's key covariance but the fact (subject, answer), restricted to the
+        subspace `within` projects onto (the null space the update lives in: P C P) and scaled to
+        spectral norm 1 there, so `soft_decay` is the shrink along the strongest direction an
+        update can take; None when empty."""
+        cov = self._without(1, subject, answer)
+        if within is not None:
+            p = within.to(cov.dtype)
+            cov = p @ cov @ p
+        top = float(torch.linalg.eigvalsh(cov).max()) if cov.numel() else 0.0
+        return (cov / top).float() if top > 0 else None

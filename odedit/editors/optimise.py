@@ -65,18 +65,19 @@ class PlainObjective:
 
 def optimise_edit(adapter: MLLMAdapter, envset: EnvironmentSet, config: EditConfig,
                   fault: str | None = None, keep: Sequence[Sample] = (),
-                  projection: torch.Tensor | None = None) -> EditOutcome:
+                  projection: torch.Tensor | None = None, soft_metric: torch.Tensor | None = None) -> EditOutcome:
     """Run one edit in place on `adapter.model`; returns its delta relative to the weights
     the model had before. `fault="nan"` injects a non-finite loss (fault-injection tests).
 
     Lifelong options (`config.base`): `keep` are earlier edits whose targets must hold; up to
     `replay` of them join the objective as a KEEP environment. `projection` (a null-space
-    projector from `nullspace.KeyBank`) confines the update to keys outside the preserved span."""
+    projector from `nullspace.KeyBank`) confines the update to keys outside the preserved span;
+    `soft_metric` (`KeyBank.soft_metric`) steers it away from the soft set's keys."""
     torch.manual_seed(config.seed)
     start = time.perf_counter()
     editor = BASE_EDITORS[config.base_method](adapter, config.base)
     originals = snapshot(adapter.model, editor.edited_parameter_names())
-    editor.constrain_to(projection)
+    editor.constrain_to(projection, soft_metric)
     params = editor.begin()
     envs = envset.train if config.uses_odedit else [envset.env("IN")]
     if keep and config.base.replay > 0:

@@ -123,7 +123,8 @@ def _edit_loaded(adapter, base_model: str, champ, requests: Sequence[EditRequest
     answers = current_answers(adapter, requests, image_root) if cfg.base.null_space and world_of(base) is None else None
     pool = locality_pool_for(adapter, base, requests, image_root, seed=cfg.seed, answers=answers)
     preserve = preservation_for(adapter, base, requests, image_root, seed=cfg.seed, answers=answers,
-                                views=cfg.base.preserve_views, phrasings=cfg.base.preserve_phrasings) \
+                                views=cfg.base.preserve_views, phrasings=cfg.base.preserve_phrasings,
+                                soft_views=cfg.base.soft_views, soft_phrasings=cfg.base.soft_phrasings) \
         + _prior_support(prior, prior_root, cfg) if cfg.base.null_space else ()
     t1 = time.perf_counter()
     run = run_edits(adapter, requests, image_root, cfg, pool, sequential=True, on_record=on_record, fault=fault,
