@@ -88,6 +88,11 @@ class ODEditConfig:
     tv_level: float = 0.05  # the constraint level on the TV penalty (INFERRED; TV is ~0.2-0.4 before an edit)
     lambda_lr: float = 0.1  # gamma2, dual ascent step on the lambda network (INFERRED)
     lambda_max: float = 100.0  # clamp on lambda (INFERRED, keeps the dual step bounded)
+    # Stochastic environments (PRODUCT, cost): each step draws this many rows of every SE and
+    # OUT environment anew (IN and KEEP whole), so all of them are used over the run but a step
+    # costs a few rows; 0 = every row every step (what the paper's objective states). Needs the
+    # prefix cache (else every row runs).
+    env_samples: int = 0
     n_image_aug: int = 2  # SE image transformations of the edit image (INFERRED)
     n_out_text: int = 4  # OUT text-only probes per step, from the locality pool (PRODUCT)
     n_out_image: int = 4  # OUT image probes per step, from the locality pool (PRODUCT)

@@ -1,7 +1,7 @@
 """Cost choices that must not change ODEdit's values: the TV penalty taken the cheap way (one
 backward, a scale per row) equals the paper's definition taken the direct way (one dR_e/dw per
 environment), and image / text rows merged into one padded batch or kept as two give the same
-risks."""
+risks. And the one that does change them, stochastic environments, draws what it says."""
 
 import pytest
 import torch
@@ -58,3 +58,36 @@ def test_merged_and_separate_cached_batches_give_the_same_risks(adapter, world, 
     assert stats[True].keys() == stats[False].keys()
     for k in stats[True]:
         assert stats[False][k] == pytest.approx(stats[True][k], rel=1e-4, abs=1e-6), k
+
+
+def test_stochastic_environments_draw_few_rows_per_step_and_all_over_the_run(adapter, world, world_requests):
+    """env_samples=1: every step sees IN whole and one row of each SE / OUT environment; over
+    the steps every row is drawn; the edit still lands."""
+    import random
+
+    root, requests = world_requests
+    cfg = EditConfig.from_dict({"method": "odedit-ft-l", "odedit": {"env_samples": 1}})
+    req = requests[2]
+    es = build_environments(req, root, cfg.odedit, world.locality_pool(64, req.subject), seed=0)
+    layer = BASE_EDITORS["ft-l"](adapter, cfg.base).layer
+    batch = EnvBatch(adapter, es.train, prefix_layer=layer)
+    assert batch.can_sample
+    seen: dict[str, set] = {}
+    rng = random.Random(0)
+    for _ in range(40):
+        view, keep = batch.sample(1, rng, whole=("IN",))
+        for er, full in zip(view.rows, batch.rows):
+            assert len(er.rows) == (len(full.rows) if er.env.kind == "IN" else 1)
+            orig = keep[er.group][er.rows].tolist()
+            assert set(orig) <= set(full.rows.tolist())
+            seen.setdefault((er.env.name, er.group), set()).update(orig)
+    assert all(seen[(f.env.name, f.group)] == set(f.rows.tolist()) for f in batch.rows)
+
+    from odedit.delta import remove_delta
+    from odedit.editors.optimise import optimise_edit
+
+    out = optimise_edit(adapter, es, cfg)
+    try:
+        assert adapter.answer(req.src, es.heldout.reliability[0].image).split()[:1] == req.alt.split()[:1]
+    finally:
+        remove_delta(adapter.model, out.restore)

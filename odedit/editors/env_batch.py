@@ -41,6 +41,14 @@ def merge_prefixed(parts: list[Encoded]) -> Encoded:
     return Encoded({"attention_mask": mask}, labels, prefix, parts[0].prefix_layer)
 
 
+def _rows_of(enc: Encoded, rows: torch.Tensor) -> Encoded:
+    """Some rows of a prefix-cached batch, right padding beyond the longest of them dropped."""
+    mask = enc.inputs["attention_mask"][rows]
+    length = int(mask.any(dim=0).nonzero().max()) + 1  # past the last real position of any row
+    return Encoded({"attention_mask": mask[:, :length]}, enc.labels[rows][:, :length],
+                   enc.prefix[rows][:, :length], enc.prefix_layer)
+
+
 def merge_pays(encoded: dict[str, Encoded], slack: float = 1.25) -> bool:
     """One merged batch (one forward per step) unless right-padding every row to the longest
     costs more than `slack` x the positions of the separate batches: image rows are hundreds of
@@ -74,6 +82,30 @@ class EnvBatch:
             encoded = {"all": merge_prefixed(list(encoded.values()))}
         self.encoded: dict[str, Encoded] = encoded
         self.rows = [EnvRows(env, g, torch.tensor(idx)) for env, g, idx in placed]
+
+    @property
+    def can_sample(self) -> bool:
+        """Rows can be drawn per step where every group is prefix-cached (plain tensors to
+        index); a model without the cache keeps its family's own inputs, so every row runs."""
+        return all(e.prefix is not None for e in self.encoded.values())
+
+    def sample(self, per_env: int, rng, whole: tuple[str, ...] = ()) -> tuple["EnvBatch", dict[str, torch.Tensor]]:
+        """A view with at most `per_env` rows of each environment part (those of kinds in `whole`
+        entirely), drawn with `rng`, trimmed to the longest row drawn; and, per group, the rows
+        of this batch it holds (to index anything computed per row, e.g. pre-edit logits)."""
+        picks, chosen = [], {g: set() for g in self.encoded}
+        for er in self.rows:
+            idx = er.rows.tolist()
+            if er.env.kind not in whole and len(idx) > per_env:
+                idx = sorted(rng.sample(idx, per_env))
+            picks.append((er, idx))
+            chosen[er.group].update(idx)
+        keep = {g: torch.tensor(sorted(v)) for g, v in chosen.items() if v}
+        at = {g: {r: i for i, r in enumerate(k.tolist())} for g, k in keep.items()}
+        view = object.__new__(EnvBatch)
+        view.encoded = {g: _rows_of(self.encoded[g], k) for g, k in keep.items()}
+        view.rows = [EnvRows(er.env, er.group, torch.tensor([at[er.group][r] for r in idx])) for er, idx in picks]
+        return view, keep
 
     def forward(self, adapter: MLLMAdapter, scale: torch.Tensor | dict[str, torch.Tensor] | None = None,
                 raw: bool = False):

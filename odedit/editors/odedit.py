@@ -21,6 +21,7 @@ G = R_rel(IN) + mean_SE R_gen + mean_OUT R_loc + lambda(delta, phi_e) * (mean_e 
 from __future__ import annotations
 
 import math
+import random
 
 import torch
 
@@ -95,10 +96,11 @@ class ODEditObjective:
                          if self.lambda_net is not None else None)
         self.step_index = 0
         self._dual_pending = False
+        self._rng = random.Random(f"{seed}:env_samples")
 
-    def _states(self, hidden: torch.Tensor, group: str, rows: torch.Tensor) -> torch.Tensor:
+    def _states(self, batch: EnvBatch, hidden: torch.Tensor, group: str, rows: torch.Tensor) -> torch.Tensor:
         """Last hidden states used as MMD samples: answer positions, or the real prompt tokens."""
-        enc = self.batch.encoded[group]
+        enc = batch.encoded[group]
         answer = losses.answer_mask(enc.labels[rows])
         if self.config.mmd_positions == "answer":
             mask = answer
@@ -106,9 +108,19 @@ class ODEditObjective:
             mask = enc.inputs["attention_mask"][rows][:, :-1].bool() & ~answer
         return hidden[rows][:, :-1][mask]
 
+    def _step_batch(self) -> tuple[EnvBatch, dict[str, torch.Tensor]]:
+        """This step's rows and their pre-edit logits: every row, or with `env_samples` > 0 that
+        many rows of each SE / OUT environment drawn anew each step (IN and KEEP whole)."""
+        if self.config.env_samples <= 0 or not self.batch.can_sample:
+            return self.batch, self.pre_logits
+        batch, keep = self.batch.sample(self.config.env_samples, self._rng, whole=("IN", "KEEP"))
+        pre = {g: self.pre_logits[g][keep[g]][:, :enc.labels.shape[1]] for g, enc in batch.encoded.items()}
+        return batch, pre
+
     def __call__(self) -> tuple[torch.Tensor, dict]:
         cfg = self.config
-        tv_on = cfg.tv and self.step_index >= cfg.tv_warmup_steps and len(self.batch.rows) > 1
+        batch, pre_logits = self._step_batch()
+        tv_on = cfg.tv and self.step_index >= cfg.tv_warmup_steps and len(batch.rows) > 1
         # dR_e/dw for every environment from ONE backward: w is one scale per row, and as each
         # environment's NLL / KL reads only its own rows, dR_e/dw = the sum of dR/dw_r over e's
         # rows. MMD couples IN's rows with each SE's, but its dR/dw is exactly 0 (the kernel's
@@ -117,19 +129,19 @@ class ODEditObjective:
         rowwise = tv_on and cfg.tv_grads == "rows" and cfg.mmd_bandwidth == "differentiable"
         if rowwise:
             w = {g: torch.ones(enc.size, 1, 1, device=self.adapter.device, requires_grad=True)
-                 for g, enc in self.batch.encoded.items()}
-            out = self.batch.forward(self.adapter, scale=w, raw=True)
+                 for g, enc in batch.encoded.items()}
+            out = batch.forward(self.adapter, scale=w, raw=True)
         else:
             w = torch.ones((), device=self.adapter.device, requires_grad=True) if tv_on else None
-            out = self.batch.forward(self.adapter, scale=w)
-        labels = {g: enc.labels for g, enc in self.batch.encoded.items()}
+            out = batch.forward(self.adapter, scale=w)
+        labels = {g: enc.labels for g, enc in batch.encoded.items()}
         in_states = None
         risks: dict[str, list[torch.Tensor]] = {"IN": [], "SE": [], "OUT": [], "KEEP": []}
         env_risks: list[torch.Tensor] = []
         env_parts: list[list] = []  # each environment's (group, rows), aligned with env_risks
         fits: list[float] = []  # target NLL of IN and SE environments (early-stop criterion)
         by_env: dict[str, list] = {}
-        for er in self.batch.rows:
+        for er in batch.rows:
             by_env.setdefault(er.env.name, []).append(er)
         # IN first: its hidden states are the reference sample for every SE environment.
         for name, parts in sorted(by_env.items(), key=lambda kv: kv[0] != "IN"):
@@ -139,9 +151,9 @@ class ODEditObjective:
                 hidden, logits = out[er.group]
                 lab = labels[er.group]
                 if kind == "OUT":
-                    k = losses.kl(logits[er.rows], self.pre_logits[er.group][er.rows], lab[er.rows],
+                    k = losses.kl(logits[er.rows], pre_logits[er.group][er.rows], lab[er.rows],
                                   cfg.kl_direction, cfg.kl_positions,
-                                  self.batch.encoded[er.group].inputs["attention_mask"][er.rows])
+                                  batch.encoded[er.group].inputs["attention_mask"][er.rows])
                     risk = risk + cfg.w_loc * k.mean()
                     continue
                 if kind == "KEEP":  # lifelong replay (PRODUCT): earlier edits keep their targets
@@ -151,7 +163,7 @@ class ODEditObjective:
                     continue
                 n = losses.nll(logits[er.rows], lab[er.rows], cfg.nll_reduction).mean()
                 fits.append(n.item())
-                states = self._states(hidden, er.group, er.rows)
+                states = self._states(batch, hidden, er.group, er.rows)
                 if kind == "IN":
                     in_states = states
                     risk = risk + cfg.w_rel * n
