@@ -28,6 +28,9 @@ ABLATIONS: dict[str, dict] = {
     "-loc": {"w_loc": 0.0, "n_out_text": 0, "n_out_image": 0},
     "-dual": {"dual": False},
     "+dual": {"dual": True},
+    # cost variants (not ablations of a term): stochastic environments, k rows per SE / OUT env a step
+    "+sample1": {"env_samples": 1},
+    "+sample2": {"env_samples": 2},
 }
 ICL = "icl"
 _NAME = re.compile(r"^(?P<base>[a-z\-]+?)(?:\[(?P<abl>[^\]]*)\])?$")

@@ -108,7 +108,9 @@ VERDICT_PAIRS = (("odedit-ft-l", "ft-l"), ("odedit-ft-l", "odedit-ft-l[-gen,-loc
                  ("odedit-lora", "lora"), ("odedit-ft-l[+dual]", "odedit-ft-l"),
                  # what each of ODEdit's terms adds: the default minus the ablation without it
                  ("odedit-ft-l", "odedit-ft-l[-tv]"), ("odedit-ft-l", "odedit-ft-l[-gen]"),
-                 ("odedit-ft-l", "odedit-ft-l[-se_nll]"), ("odedit-ft-l", "odedit-ft-l[-loc]"))
+                 ("odedit-ft-l", "odedit-ft-l[-se_nll]"), ("odedit-ft-l", "odedit-ft-l[-loc]"),
+                 # cost variants against the default they must match
+                 ("odedit-ft-l[+sample1]", "odedit-ft-l"), ("odedit-ft-l[+sample2]", "odedit-ft-l"))
 
 
 def verdict_rows(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
