@@ -490,7 +490,9 @@ def perf(adapter: MLLMAdapter, requests: Sequence[EditRequest], image_root: Path
             env = _envset(adapter, req, image_root, cfg, pool)
             envs = env.train if cfg.uses_odedit else [env.env("IN")]
             samples = [s for e in envs for s in e.samples]
-            n_samples = len(samples)
+            k = cfg.odedit.env_samples if cfg.uses_odedit else 0  # rows a step (stochastic environments)
+            n_samples = sum(len(e.samples) if k <= 0 or e.kind in ("IN", "KEEP") else min(k, len(e.samples))
+                            for e in envs)
             meter = TensorMemory if adapter.device.type == "cpu" else (lambda: PeakMemory(adapter.device))
             with meter() as m_fwd:
                 _plain_forward(adapter, samples)

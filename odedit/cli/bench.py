@@ -117,8 +117,9 @@ def bench(
     if perf:
         reqs, req_root = requests_for_seed(0, 3)
         pool = pool_for(0, reqs, req_root)
-        with console.status("measuring editor performance (ft-l, odedit-ft-l; 20 fixed steps x 3 edits)"):
-            results = measure.perf(adapter, reqs, req_root, pool, base=base)
+        perf_methods = tuple(_split_methods(methods)) if methods else ("ft-l", "odedit-ft-l")
+        with console.status(f"measuring editor performance ({', '.join(perf_methods)}; 20 fixed steps x 3 edits)"):
+            results = measure.perf(adapter, reqs, req_root, pool, methods=perf_methods, base=base)
         _wide().print(report.perf_table(results))
         with console.status("profiling one odedit-ft-l edit"):
             prof = measure.profile_edit(adapter, reqs[0], req_root, pool, base=base)
@@ -286,6 +287,14 @@ def _perf_verdict(results) -> str:
         f"(c) edit / plain forward peak tensor memory: {od.mem_ratio:.2f}x ({od.edit_mb:.1f} vs {od.forward_mb:.1f} MB)"
         f"; target <= 1.5x: {'met' if od.mem_ratio <= 1.5 else 'NOT met'}",
     ]
+    # per edit, each ODEdit variant against its base editor, both with their own early stop (fitted
+    # target NLL < early_stop_loss: ODEdit on every IN + SE row, FT-L on IN)
+    for r in results:
+        if r.method.startswith("odedit-ft-l"):
+            x = r.edit_s / ftl.edit_s
+            lines.append(f"(e) per edit {r.method} / ft-l: {x:.2f}x ({r.edit_s:.2f} vs {ftl.edit_s:.2f} s; "
+                         f"{r.edit_steps} vs {ftl.edit_steps} steps, {r.samples} vs {ftl.samples} rows a step); "
+                         f"target <= 3x: {'met' if x <= 3 else 'NOT met'}")
     return "\n".join(lines)
 
 

@@ -87,8 +87,14 @@ class ODEditObjective:
                  w_replay: float = 1.0):
         self.adapter, self.batch, self.params, self.config = adapter, batch, params, config
         self.w_replay = w_replay
-        with torch.no_grad():  # pre-edit distributions for the OUT environments, computed once
-            self.pre_logits = {g: l.detach() for g, (_, l) in batch.forward(adapter).items()}
+        with torch.no_grad():  # pre-edit distributions of the OUT rows (the KL's reference), computed once
+            out_rows = {g: sorted({r for er in batch.rows if er.env.kind == "OUT" and er.group == g
+                                   for r in er.rows.tolist()}) for g in batch.encoded}
+            self._pre = {g: l[out_rows[g]].detach() for g, (_, l) in batch.forward(adapter).items()}
+            self._pre_at = {}  # batch row -> row of self._pre (-1: not an OUT row)
+            for g, enc in batch.encoded.items():
+                self._pre_at[g] = torch.full((enc.size,), -1, dtype=torch.long)
+                self._pre_at[g][out_rows[g]] = torch.arange(len(out_rows[g]))
         # with the dual step off lambda IS lambda_init: no network, no sketch of the change per step
         # (which copies the whole edited tensor to the CPU) and no per-parameter hash memory
         self.lambda_net = LambdaNet(params, config, seed) if config.dual else None
@@ -108,18 +114,21 @@ class ODEditObjective:
             mask = enc.inputs["attention_mask"][rows][:, :-1].bool() & ~answer
         return hidden[rows][:, :-1][mask]
 
-    def _step_batch(self) -> tuple[EnvBatch, dict[str, torch.Tensor]]:
-        """This step's rows and their pre-edit logits: every row, or with `env_samples` > 0 that
-        many rows of each SE / OUT environment drawn anew each step (IN and KEEP whole)."""
+    def _step_batch(self) -> tuple[EnvBatch, dict[str, torch.Tensor] | None]:
+        """This step's rows: every row (None: rows are the batch's own), or with `env_samples` > 0
+        that many rows of each SE / OUT environment drawn anew each step (IN and KEEP whole),
+        with, per group, the batch rows the view's rows are."""
         if self.config.env_samples <= 0 or not self.batch.can_sample:
-            return self.batch, self.pre_logits
-        batch, keep = self.batch.sample(self.config.env_samples, self._rng, whole=("IN", "KEEP"))
-        pre = {g: self.pre_logits[g][keep[g]][:, :enc.labels.shape[1]] for g, enc in batch.encoded.items()}
-        return batch, pre
+            return self.batch, None
+        return self.batch.sample(self.config.env_samples, self._rng, whole=("IN", "KEEP"))
+
+    def _pre_logits(self, group: str, rows: torch.Tensor, length: int) -> torch.Tensor:
+        """Pre-edit logits of the OUT `rows` (rows of the whole batch), `length` positions."""
+        return self._pre[group][self._pre_at[group][rows]][:, :length]
 
     def __call__(self) -> tuple[torch.Tensor, dict]:
         cfg = self.config
-        batch, pre_logits = self._step_batch()
+        batch, orig = self._step_batch()
         tv_on = cfg.tv and self.step_index >= cfg.tv_warmup_steps and len(batch.rows) > 1
         # dR_e/dw for every environment from ONE backward: w is one scale per row, and as each
         # environment's NLL / KL reads only its own rows, dR_e/dw = the sum of dR/dw_r over e's
@@ -151,7 +160,9 @@ class ODEditObjective:
                 hidden, logits = out[er.group]
                 lab = labels[er.group]
                 if kind == "OUT":
-                    k = losses.kl(logits[er.rows], pre_logits[er.group][er.rows], lab[er.rows],
+                    pre = self._pre_logits(er.group, er.rows if orig is None else orig[er.group][er.rows],
+                                           logits.shape[1])
+                    k = losses.kl(logits[er.rows], pre, lab[er.rows],
                                   cfg.kl_direction, cfg.kl_positions,
                                   batch.encoded[er.group].inputs["attention_mask"][er.rows])
                     risk = risk + cfg.w_loc * k.mean()
