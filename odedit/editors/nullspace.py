@@ -29,9 +29,10 @@ from odedit.models.adapter import MLLMAdapter, Sample
 
 
 @torch.no_grad()
-def sample_keys(adapter: MLLMAdapter, module: torch.nn.Module, samples: Sequence[Sample], batch_size: int = 32):
-    """(index, keys [positions, in]) for every sample: the inputs of `module` at its real token
-    positions, computed in batches per modality (one forward per batch, stopped at `module`)."""
+def batch_keys(adapter: MLLMAdapter, module: torch.nn.Module, samples: Sequence[Sample], batch_size: int = 32):
+    """(indices, keys [positions, in], row of each position) per batch of samples: the inputs of
+    `module` at the real token positions, in batches per modality (one forward per batch,
+    stopped at `module`), in float64 on the CPU."""
     groups = ([i for i, s in enumerate(samples) if s.image is not None],
               [i for i, s in enumerate(samples) if s.image is None])
     for group in groups:
@@ -40,14 +41,14 @@ def sample_keys(adapter: MLLMAdapter, module: torch.nn.Module, samples: Sequence
             enc = adapter.encode([samples[i] for i in idx])
             x = adapter.module_input(enc, module).to(torch.float64).cpu()
             mask = enc.inputs["attention_mask"].to(torch.bool).cpu()
-            for row, i in enumerate(idx):
-                yield i, x[row][mask[row]]
+            rows = torch.arange(len(idx))[:, None].expand_as(mask)
+            yield idx, x[mask], rows[mask]
 
 
 def key_covariance(adapter: MLLMAdapter, module: torch.nn.Module, samples: Sequence[Sample]) -> torch.Tensor:
     """sum_k k k^T over the inputs of `module` at every real token position of `samples`."""
     cov = torch.zeros(module.weight.shape[1], module.weight.shape[1], dtype=torch.float64)
-    for _, keys in sample_keys(adapter, module, samples):
+    for _, keys, _ in batch_keys(adapter, module, samples):
         cov.add_(keys.T @ keys)
     return cov
 
@@ -90,11 +91,15 @@ class KeyBank:
             soft: Sequence[bool] | None = None) -> None:
         """Preserve `samples` (each sample's target is the answer that must stay); those marked
         `soft` join the soft set instead of the hard bank."""
-        subjects, soft = list(subjects), list(soft or [False] * len(samples))
-        for i, keys in sample_keys(self.adapter, self.module, samples):
-            j = int(bool(soft[i]))
-            self.facts[j].setdefault(fact_key(subjects[i], samples[i].target), []).append(samples[i])
-            self.totals[j].add_(keys.T @ keys)
+        subjects, soft = list(subjects), [int(bool(x)) for x in (soft or [False] * len(samples))]
+        for i, s in enumerate(samples):
+            self.facts[soft[i]].setdefault(fact_key(subjects[i], s.target), []).append(s)
+        for idx, keys, rows in batch_keys(self.adapter, self.module, samples):
+            which = torch.tensor([soft[i] for i in idx])[rows]  # the set of each position's sample
+            for j, total in enumerate(self.totals):
+                part = keys[which == j]
+                if len(part):
+                    total.add_(part.T @ part)  # one product per batch, not one per sample
 
     def _fact_cov(self, j: int, subject: str | None, answer: str | None) -> torch.Tensor | None:
         samples = self.facts[j].get(fact_key(subject, answer))
