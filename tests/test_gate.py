@@ -88,3 +88,22 @@ def test_gate_names_its_locality_protocol_and_logs_both():
     assert not v.passed and "m_locality@easyedit" in v.reasons[0] and v.metrics["final.m_locality"] == 0.54
     with pytest.raises(ValueError):
         GateConfig(locality_protocol="whole")
+
+
+def test_drift_from_the_base_is_bounded_even_when_each_batch_is_under_its_own_bound():
+    """Two probes moved since the base, none since the champion: the per-batch check passes,
+    the base-anchored one refuses; without a bound it is not checked."""
+    probes = [Probe(f"p{i}", f"q{i}", None, f"s{i}") for i in range(10)]
+    base = {p.id: "a" for p in probes}
+    champion = dict(base, p0="b", p1="b")  # drift that earlier batches let through
+    candidate = dict(champion)
+    per_batch = regression_check(probes, champion, candidate)
+    from_base = regression_check(probes, base, candidate)
+    cfg = GateConfig(max_regression_fraction=0.05, max_base_regression_fraction=0.1)
+    v = evaluate_gate([rec("a")], cfg, per_batch, base_regression=from_base)
+    assert not v.passed and any("BASE" in r for r in v.reasons)
+    assert v.metrics["regression_base.changed_fraction"] == pytest.approx(0.2)
+    assert evaluate_gate([rec("a")], GateConfig(max_regression_fraction=0.05), per_batch,
+                         base_regression=from_base).passed
+    with pytest.raises(ValueError):
+        GateConfig(max_base_regression_fraction=1.5)

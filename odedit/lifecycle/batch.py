@@ -75,6 +75,21 @@ def environment_hashes(requests: Sequence[EditRequest], image_root: str | Path, 
     return out
 
 
+_BASE_ANSWERS: dict[tuple, dict[str, str]] = {}
+
+
+def base_probe_answers(base_ref: str, probes: Sequence[Probe], image_dir: str | Path | None,
+                       device: str | None = None) -> dict[str, str]:
+    """The BASE model's answers to the fixed probes (the anchor of the gate's drift bound),
+    computed once per process for a (base, probe set)."""
+    from odedit.lifecycle.models import load_edited
+
+    key = (str(base_ref), str(image_dir), tuple(p.id for p in probes), tuple(p.prompt for p in probes))
+    if key not in _BASE_ANSWERS:
+        _BASE_ANSWERS[key] = probe_answers(load_edited(base_ref, None, device=device), probes, image_dir)
+    return _BASE_ANSWERS[key]
+
+
 def probe_answers(adapter, probes: Sequence[Probe], image_dir: str | Path | None) -> dict[str, str]:
     from odedit.environments import load_image
 
@@ -215,6 +230,9 @@ def edit_and_gate(base_ref: str, champion_delta: str | Path | None, champion_led
     adapter = load_edited(base_ref, champion_delta, device=device)
     champ = _load_champion_delta(champion_delta)
     champion_answers = probe_answers(adapter, probes, probe_dir)
+    base_answers = (None if getattr(gate_cfg, "max_base_regression_fraction", None) is None
+                    else champion_answers if champion_delta is None
+                    else base_probe_answers(base_ref, probes, probe_dir, device))
     held = {r.id: build_environments(r, image_root, cfg.odedit, (), seed=cfg.seed).heldout for r in requests}
     before = {rid: evaluate.baseline(adapter, h) for rid, h in held.items()}
     t_load = time.perf_counter() - t0
@@ -234,7 +252,8 @@ def edit_and_gate(base_ref: str, champion_delta: str | Path | None, champion_led
         items = [BatchItem(e, held[e.request_id], before[e.request_id]) for e in new]
         redone = {e.request_hash for e in new}  # a lost / superseded edit submitted again replaces its entry
         ledger = Ledger([e for e in ledger.entries if e.request_hash not in redone], ledger.root)
-        fs = score_final(final_model, items, store, ledger.entries, ledger.root, probes, probe_dir, champion_answers)
+        fs = score_final(final_model, items, store, ledger.entries, ledger.root, probes, probe_dir, champion_answers,
+                         base_answers)
         for r in records:
             if r["request_id"] in fs.batch:
                 r["final"] = fs.batch[r["request_id"]]
@@ -246,7 +265,7 @@ def edit_and_gate(base_ref: str, champion_delta: str | Path | None, champion_led
                 p = fs.prior[e.request_hash]
                 e.status, e.scores = p["status"], {"reliability": p["reliability"], "superseded_by": p["superseded_by"]}
         ledger_dir = str(child.save(store))
-        verdict = gate_mod.evaluate_gate(records, gate_cfg, fs.regression, fs.metrics)
+        verdict = gate_mod.evaluate_gate(records, gate_cfg, fs.regression, fs.metrics, fs.base_regression or None)
         (out_dir / "final.json").write_text(json.dumps({"verdict": verdict.to_dict(), **fs.to_dict()},
                                                        indent=1, default=str))
         final, cand_answers = fs.to_dict(), fs.candidate_answers

@@ -52,6 +52,7 @@ class FinalScores:
     batch: dict[str, dict] = field(default_factory=dict)  # request id -> five scores + status
     prior: dict[str, dict] = field(default_factory=dict)  # request HASH -> request id, reliability, status
     regression: dict = field(default_factory=dict)
+    base_regression: dict = field(default_factory=dict)  # the same against the base model (when asked)
     metrics: dict[str, float | None] = field(default_factory=dict)
     candidate_answers: dict[str, str] = field(default_factory=dict)
 
@@ -111,7 +112,7 @@ def _entry_image(entry: LedgerEntry, root: str | Path | None):
 def score_final(adapter, batch: Sequence[BatchItem], batch_image_root: str | Path | None,
                 prior: Sequence[LedgerEntry], prior_image_root: str | Path | None,
                 probes: Sequence[Probe], probe_dir: str | Path | None,
-                champion_answers: Mapping[str, str]) -> FinalScores:
+                champion_answers: Mapping[str, str], base_answers: Mapping[str, str] | None = None) -> FinalScores:
     """Scores of the final candidate `adapter` (see the module doc). `batch` entries' images
     are relative to `batch_image_root`, `prior` ones to `prior_image_root`; `prior` is the
     champion ledger in order (oldest first)."""
@@ -148,6 +149,8 @@ def score_final(adapter, batch: Sequence[BatchItem], batch_image_root: str | Pat
         out.batch[item.entry.request_id] = s
     out.candidate_answers = probe_answers(adapter, probes, probe_dir)
     out.regression = regression_check(list(probes), champion_answers, out.candidate_answers, *edited_facts(live))
+    if base_answers is not None:
+        out.base_regression = regression_check(list(probes), base_answers, out.candidate_answers, *edited_facts(live))
 
     m = out.metrics
     m["batch_retention"] = _mean(s["reliability"] for s in out.batch.values())
@@ -160,6 +163,8 @@ def score_final(adapter, batch: Sequence[BatchItem], batch_image_root: str | Pat
     m["final.t_locality.intended_changes"] = float(exempt["t_loc"])
     m["final.m_locality.intended_changes"] = float(exempt["m_loc"])
     m["regression.changed_fraction"] = out.regression["changed_fraction"]
+    if out.base_regression:
+        m["regression_base.changed_fraction"] = out.base_regression["changed_fraction"]
     for st in ("holds", "lost", "superseded"):
         m[f"prior.{st}"] = float(sum(1 for p in out.prior.values() if p["status"] == st))
         m[f"batch.{st}"] = float(sum(1 for s in out.batch.values() if s["status"] == st))

@@ -44,6 +44,9 @@ class GateConfig:
     aggregate: dict[str, float] = field(default_factory=dict)  # mean post score over ok edits >=
     per_edit: dict[str, float] = field(default_factory=dict)  # every ok edit's post score >=
     max_regression_fraction: float = 0.0  # champion probes allowed to change (unintended changes)
+    # the same against the BASE model's answers: drift that batches add up, each under the
+    # per-batch bound, is bounded too (None: not checked)
+    max_base_regression_fraction: float | None = None
     min_ok_edits: int = 1  # fewer successful edits than this fails the gate
     min_batch_retention: float = 0.0  # mean final-model reliability of this batch's edits >=
     min_prior_retention: float = 0.0  # mean final-model reliability of earlier live edits >=
@@ -55,7 +58,10 @@ class GateConfig:
     def __post_init__(self):
         if self.locality_protocol not in ("answer", "easyedit"):
             raise ValueError(f"locality_protocol must be 'answer' or 'easyedit', got {self.locality_protocol!r}")
-        for name in ("min_batch_retention", "min_prior_retention", "max_regression_fraction", "min_edit_reliability"):
+        for name in ("min_batch_retention", "min_prior_retention", "max_regression_fraction", "min_edit_reliability",
+                     "max_base_regression_fraction"):
+            if getattr(self, name) is None:
+                continue
             v = float(getattr(self, name))
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {v}")
@@ -194,10 +200,12 @@ def _gated(r: Mapping) -> Mapping:
 
 
 def evaluate_gate(records: list[Mapping], cfg: GateConfig, regression: dict | None = None,
-                  final_metrics: Mapping[str, float | None] | None = None) -> GateVerdict:
+                  final_metrics: Mapping[str, float | None] | None = None,
+                  base_regression: dict | None = None) -> GateVerdict:
     """Verdict on a batch from its edit records (EditRecord.to_dict(), with a `final` dict of
-    final-model scores when `odedit.lifecycle.final` measured them), the regression result and
-    the final-model aggregates (`batch_retention`, `prior_retention`, ...).
+    final-model scores when `odedit.lifecycle.final` measured them), the regression results
+    (against the champion, and against the base model) and the final-model aggregates
+    (`batch_retention`, `prior_retention`, ...).
 
     Only successful edits enter the candidate; diverged/errored edits are left out of it (and
     stay pending for a rerun), they do not fail the gate on their own."""
@@ -248,6 +256,12 @@ def evaluate_gate(records: list[Mapping], cfg: GateConfig, regression: dict | No
             reasons.append(
                 f"{len(regression['changed'])}/{regression['checked']} champion probe answer(s) changed "
                 f"({regression['changed_fraction']:.3f} > {cfg.max_regression_fraction})")
+    if base_regression is not None and cfg.max_base_regression_fraction is not None:
+        metrics["regression_base.changed_fraction"] = base_regression["changed_fraction"]
+        if base_regression["changed_fraction"] > cfg.max_base_regression_fraction:
+            reasons.append(
+                f"{len(base_regression['changed'])}/{base_regression['checked']} probe answer(s) differ from the BASE "
+                f"model ({base_regression['changed_fraction']:.3f} > {cfg.max_base_regression_fraction})")
     return GateVerdict(not reasons, reasons, metrics, cfg.to_dict(), len(ok), len(records) - len(ok), regression,
                        proto)
 
@@ -272,6 +286,9 @@ def checks(verdict: GateVerdict) -> list[dict]:
             add(label, m.get(label), ">=", cfg.get(key, 0.0))
     if "regression.changed_fraction" in m:
         add("regression changed fraction", m["regression.changed_fraction"], "<=", cfg.get("max_regression_fraction", 0.0))
+    if "regression_base.changed_fraction" in m:
+        add("regression vs base changed fraction", m["regression_base.changed_fraction"], "<=",
+            cfg.get("max_base_regression_fraction"))
     return out
 
 
