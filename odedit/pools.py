@@ -99,6 +99,15 @@ def preservation_for(adapter: MLLMAdapter, model_ref: str | Path, requests: Sequ
             for req, s in zip(requests, answers or current_answers(adapter, requests, image_root)) if s is not None]
 
 
+def preservation_of(adapter: MLLMAdapter, model_ref: str | Path, requests: Sequence[EditRequest],
+                    image_root: str | Path | None, config, answers: Sequence[Sample] | None = None) -> list:
+    """`preservation_for` with the sizes an `EditConfig` asks for (hard and soft sets)."""
+    b = config.base
+    return preservation_for(adapter, model_ref, requests, image_root, seed=config.seed, answers=answers,
+                            views=b.preserve_views, phrasings=b.preserve_phrasings,
+                            soft_views=b.soft_views, soft_phrasings=b.soft_phrasings)
+
+
 def current_answers(adapter: MLLMAdapter, requests: Sequence[EditRequest],
                     image_root: str | Path | None) -> list[Sample | None]:
     """Each request's own prompt + image with the model's current (greedy) answer: what the OUT

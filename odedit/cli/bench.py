@@ -129,14 +129,16 @@ def bench(
         _wide().print(prof["torch_ops"], markup=False, highlight=False)
         console.print("[bold]cProfile top functions (own time)[/]")
         _wide().print(prof["cprofile_tottime"], markup=False, highlight=False)
-        from odedit.pools import preservation_for
+        from odedit.bench.grid import parse_method
+        from odedit.pools import preservation_of
 
         seq_reqs, seq_root = requests_for_seed(1, 6)
         methods_seq = ("odedit-ft-l", "odedit-ft-l-lifelong")
+        lifelong_cfg = parse_method("odedit-ft-l-lifelong").config(0, base)
         with console.status(f"per-edit seconds of a sequential 6-edit batch: {', '.join(methods_seq)}"):
             per_edit = measure.sequential_seconds_per_edit(
                 adapter, seq_reqs, seq_root, pool_for(1, seq_reqs, seq_root),
-                preservation_for(adapter, ref, seq_reqs, seq_root), methods_seq, base)
+                preservation_of(adapter, ref, seq_reqs, seq_root, lifelong_cfg), methods_seq, base)
         meta["sequential_s_per_edit"] = {k: round(v, 3) for k, v in per_edit.items()}
         meta["wall_s"] = round(time.perf_counter() - t0, 1)
         notes = _perf_verdict(results)

@@ -130,16 +130,14 @@ def _edit_loaded(adapter, base_model: str, champ, requests: Sequence[EditRequest
     from odedit.delta import Delta
     from odedit.editing import run_edits
     from odedit.lifecycle.models import resolve_base
-    from odedit.pools import current_answers, locality_pool_for, preservation_for, world_of
+    from odedit.pools import current_answers, locality_pool_for, preservation_of, world_of
 
     base = resolve_base(base_model)
     # a non-world model's OUT pool and preservation set are the batch's prompts with the current
     # answers: generate them once for both
     answers = current_answers(adapter, requests, image_root) if cfg.base.null_space and world_of(base) is None else None
     pool = locality_pool_for(adapter, base, requests, image_root, seed=cfg.seed, answers=answers)
-    preserve = preservation_for(adapter, base, requests, image_root, seed=cfg.seed, answers=answers,
-                                views=cfg.base.preserve_views, phrasings=cfg.base.preserve_phrasings,
-                                soft_views=cfg.base.soft_views, soft_phrasings=cfg.base.soft_phrasings) \
+    preserve = preservation_of(adapter, base, requests, image_root, cfg, answers=answers) \
         + _prior_support(prior, prior_root, cfg) if cfg.base.null_space else ()
     t1 = time.perf_counter()
     run = run_edits(adapter, requests, image_root, cfg, pool, sequential=True, on_record=on_record, fault=fault,
