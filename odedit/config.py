@@ -15,7 +15,8 @@ METHODS = ("ft-l", "lora", "odedit-ft-l", "odedit-lora", "ft-l-lifelong", "odedi
 # `*-lifelong` methods: the same editor with the lifelong-editing options (PRODUCT, not the
 # paper's; see README "Lifelong editing"). They replace the fields a config leaves at their defaults.
 LIFECYCLE_METHOD = "odedit-ft-l-lifelong"  # the default of run-batch, the edit-batch flow and the inbox
-LIFELONG_PRESET = {"null_space": True, "optimizer": "sgd", "lr": 10.0, "steps": 200}  # TUNED (bench/README.md)
+LIFELONG_PRESET = {"null_space": True, "optimizer": "sgd", "lr": 10.0, "steps": 200,  # TUNED (bench/README.md)
+                   "soft_phrasings": 16, "soft_views": 8, "soft_decay": 0.05}  # TUNED, session 5
 
 
 @dataclass
