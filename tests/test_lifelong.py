@@ -20,7 +20,7 @@ from odedit.pools import POOL_SIZE, world_preservation
 def test_lifelong_preset_and_base_method():
     cfg = EditConfig(method="odedit-ft-l-lifelong")
     assert cfg.uses_odedit and cfg.lifelong and cfg.base_method == "ft-l"
-    assert cfg.base.null_space and cfg.base.optimizer == "sgd"
+    assert cfg.base.null_space and cfg.base.optimizer == "sgd" and cfg.base.soft_decay > 0 and cfg.base.soft_phrasings > 0
     plain = EditConfig(method="odedit-ft-l")
     assert not plain.base.null_space and plain.base.replay == 0 and plain.base.optimizer == "adam"
     # an explicit choice wins over the preset
