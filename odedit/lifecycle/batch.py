@@ -225,12 +225,15 @@ def edit_and_gate(base_ref: str, champion_delta: str | Path | None, champion_led
     prior, prior_root = ledger.live_requests()
     hashes = hashes or request_hashes(requests)
     t0 = time.perf_counter()
+    # the base's answers first (one model in memory at a time), only when the gate bounds drift
+    base_answers = (base_probe_answers(base_ref, probes, probe_dir, device)
+                    if getattr(gate_cfg, "max_base_regression_fraction", None) is not None and champion_delta
+                    else None)
     adapter = load_edited(base_ref, champion_delta, device=device)
     champ = _load_champion_delta(champion_delta)
     champion_answers = probe_answers(adapter, probes, probe_dir)
-    base_answers = (None if getattr(gate_cfg, "max_base_regression_fraction", None) is None
-                    else champion_answers if champion_delta is None
-                    else base_probe_answers(base_ref, probes, probe_dir, device))
+    if base_answers is None and getattr(gate_cfg, "max_base_regression_fraction", None) is not None:
+        base_answers = champion_answers  # the champion is the base
     held = {r.id: build_environments(r, image_root, cfg.odedit, (), seed=cfg.seed).heldout for r in requests}
     before = {rid: evaluate.baseline(adapter, h) for rid, h in held.items()}
     t_load = time.perf_counter() - t0
