@@ -1,6 +1,7 @@
 """The edit ledger and the final-model gate: statuses (holds / lost / superseded), the ledger
 round trip, and `edit_and_gate` on the embedded model (a batch that undoes its own edit fails;
-a later batch that re-sets a subject supersedes the earlier edit and passes)."""
+a later batch that re-sets a subject supersedes the earlier edit and passes; the drift bound
+counts changes from the base model across batches)."""
 
 from __future__ import annotations
 
@@ -105,6 +106,33 @@ def test_later_batch_supersedes_an_earlier_edit(adapter, world_requests, embedde
     assert b2.passed
     live, _ = led.live_requests()
     assert [r.id for r in live] == ["undo-0"]
+
+
+def test_drift_bound_counts_changes_from_the_base_model(adapter, world_requests, embedded_dir, embedded_cfg, tmp_path):
+    """With `max_base_regression_fraction` set, a batch on an edited champion is checked
+    against the BASE model's probe answers: the counted changes are exactly the probes whose
+    final answer differs from the base's (intended changes exempt), whatever the champion said."""
+    from odedit.config import EditConfig
+    from odedit.lifecycle import batch
+    from odedit.lifecycle.gate import GateConfig, regression_check
+    from odedit.lifecycle.ledger import edited_facts, load_ledger
+
+    root, reqs = world_requests
+    harsh = EditConfig.from_dict({"method": "ft-l", "base": {"lr": 3e-2, "steps": 30, "early_stop_loss": None}})
+    probe_dir = tmp_path / "probes"
+    probes = batch.default_probes(embedded_dir, probe_dir)[:16]
+    base = batch.probe_answers(adapter, probes, probe_dir)
+    gate_cfg = GateConfig(max_regression_fraction=1.0, max_base_regression_fraction=1.0)
+    b1 = batch.edit_and_gate(str(embedded_dir), None, None, [reqs[3]], root, harsh, probes, probe_dir,
+                             gate_cfg, tmp_path / "b1", batch_id="b1")  # an unconstrained edit that drifts
+    assert b1.final["base_regression"]["changed"] == b1.final["regression"]["changed"]  # champion = base
+    assert b1.final["regression"]["changed"], "the first batch must move some probe for this test to mean anything"
+    b2 = batch.edit_and_gate(str(embedded_dir), b1.delta_dir, b1.ledger_dir, [reqs[4]], root, embedded_cfg, probes,
+                             probe_dir, gate_cfg, tmp_path / "b2", batch_id="b2", parent_version="2")
+    live = [e for e in load_ledger(b2.ledger_dir).entries if e.status != "superseded"]
+    expected = regression_check(probes, base, b2.candidate_answers, *edited_facts(live))
+    assert b2.final["base_regression"]["changed"] == expected["changed"]
+    assert b2.verdict.metrics["regression_base.changed_fraction"] == expected["changed_fraction"]
 
 
 def test_locality_probe_about_a_fact_the_batch_edits_is_an_intended_change(adapter, world_requests, embedded_dir,
