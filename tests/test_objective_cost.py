@@ -16,7 +16,8 @@ from odedit.environments import build_environments
 @pytest.mark.parametrize("cache_prefix", [True, False])
 def test_rowwise_slopes_equal_one_grad_per_environment(adapter, world, world_requests, cache_prefix):
     root, requests = world_requests
-    cfg = EditConfig.from_dict({"method": "odedit-ft-l", "base": {"cache_prefix": cache_prefix}})
+    cfg = EditConfig.from_dict({"method": "odedit-ft-l", "base": {"cache_prefix": cache_prefix},
+                                "odedit": {"env_samples": 0}})  # every row, both ways
     es = build_environments(requests[0], root, cfg.odedit, world.locality_pool(64, requests[0].subject), seed=0)
     editor = BASE_EDITORS["ft-l"](adapter, cfg.base)
     params = editor.begin()
@@ -45,7 +46,7 @@ def test_merged_and_separate_cached_batches_give_the_same_risks(adapter, world, 
     from odedit.editors import env_batch
 
     root, requests = world_requests
-    cfg = EditConfig(method="odedit-ft-l")
+    cfg = EditConfig.from_dict({"method": "odedit-ft-l", "odedit": {"env_samples": 0}})
     es = build_environments(requests[1], root, cfg.odedit, world.locality_pool(64, requests[1].subject), seed=0)
     layer = BASE_EDITORS["ft-l"](adapter, cfg.base).layer
     stats = {}

@@ -28,7 +28,9 @@ ABLATIONS: dict[str, dict] = {
     "-loc": {"w_loc": 0.0, "n_out_text": 0, "n_out_image": 0},
     "-dual": {"dual": False},
     "+dual": {"dual": True},
-    # cost variants (not ablations of a term): stochastic environments, k rows per SE / OUT env a step
+    # cost variants (not ablations of a term): stochastic environments, k rows per SE / OUT env a
+    # step (1 is the default since session 5; "+all" = every row every step, the paper's objective)
+    "+all": {"env_samples": 0},
     "+sample1": {"env_samples": 1},
     "+sample2": {"env_samples": 2},
 }

@@ -110,7 +110,8 @@ VERDICT_PAIRS = (("odedit-ft-l", "ft-l"), ("odedit-ft-l", "odedit-ft-l[-gen,-loc
                  ("odedit-ft-l", "odedit-ft-l[-tv]"), ("odedit-ft-l", "odedit-ft-l[-gen]"),
                  ("odedit-ft-l", "odedit-ft-l[-se_nll]"), ("odedit-ft-l", "odedit-ft-l[-loc]"),
                  # cost variants against the default they must match
-                 ("odedit-ft-l[+sample1]", "odedit-ft-l"), ("odedit-ft-l[+sample2]", "odedit-ft-l"))
+                 ("odedit-ft-l[+sample1]", "odedit-ft-l"), ("odedit-ft-l[+sample2]", "odedit-ft-l"),
+                 ("odedit-ft-l", "odedit-ft-l[+all]"))
 
 
 def verdict_rows(rows: Sequence[Row]) -> tuple[list[str], list[list[str]]]:
