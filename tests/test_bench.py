@@ -130,3 +130,22 @@ def test_lifelong_scorer_on_an_unedited_champion(adapter, world, tmp_path):
     summary = L.summarise(rows)
     assert "| none | 4 |" in L.markdown(summary, last_only=True)
     assert L.plot(summary, tmp_path / "p.png").stat().st_size > 0
+
+
+def test_perf_reports_each_cost_target_per_odedit_variant(adapter, world, tmp_path):
+    """`bench --perf`'s measurements and verdict: per ODEdit variant the per-edit ratio, the step
+    against a bare FT-L step on as many rows as that variant's step takes, and memory."""
+    from odedit.cli.bench import _perf_verdict
+
+    reqs = world.demo_requests(1, tmp_path, seed=0)
+    pool = world.locality_pool(64, reqs[0].subject)
+    res = measure.perf(adapter, reqs, tmp_path, pool, methods=("ft-l", "odedit-ft-l", "odedit-ft-l[+all]"),
+                       fixed_steps=3, repeats=1)
+    by = {r.method: r for r in res}
+    assert by["odedit-ft-l"].samples < by["odedit-ft-l[+all]"].samples  # stochastic environments: fewer rows
+    for name in ("odedit-ft-l", "odedit-ft-l[+all]"):
+        assert by[name].extra["same_batch_samples"] == by[name].samples  # the bare step runs as many rows
+    text = _perf_verdict(res)
+    for name in ("odedit-ft-l", "odedit-ft-l[+all]"):
+        for target in ("(a) per edit", "(b) step", "(c) edit / plain forward"):
+            assert f"{name}: {target}" in text

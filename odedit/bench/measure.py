@@ -531,9 +531,11 @@ def perf(adapter: MLLMAdapter, requests: Sequence[EditRequest], image_root: Path
 
 
 def same_batch_step_ms(adapter: MLLMAdapter, env, cfg: EditConfig, steps: int) -> tuple[float, int]:
-    """(median ms, samples) of a bare FT-L step (target NLL, backward, Adam) on ODEdit's whole
-    batch (IN + SE + OUT rows): the forward/backward cost of the batch without ODEdit's terms,
-    so ODEdit's step over this isolates what the objective itself (MMD, KL, TV) adds."""
+    """(median ms, samples) of a bare FT-L step (target NLL, backward, Adam) on ODEdit's rows
+    (IN + SE + OUT; with stochastic environments, a draw of as many rows each step, as ODEdit's
+    step takes): the forward/backward cost of those rows without ODEdit's terms, so ODEdit's
+    step over this isolates what the objective itself (MMD, KL, TV) adds."""
+    import random
     from odedit.editors.env_batch import EnvBatch
     from odedit.editors.optimise import PlainObjective
 
@@ -542,17 +544,20 @@ def same_batch_step_ms(adapter: MLLMAdapter, env, cfg: EditConfig, steps: int) -
     try:
         batch = EnvBatch(adapter, env.train, with_eos=cfg.base.with_eos,
                          prefix_layer=editor.layer if cfg.base.cache_prefix else None)
-        objective = PlainObjective(adapter, batch)
+        k, rng = cfg.odedit.env_samples, random.Random(0)
+        sampled = k > 0 and batch.can_sample
         opt = torch.optim.Adam(params, lr=cfg.base.lr)
-        times = []
+        times, n = [], sum(e.size for e in batch.encoded.values())
         for _ in range(steps):
             t = time.perf_counter()
+            view = batch.sample(k, rng, whole=("IN", "KEEP"))[0] if sampled else batch
+            objective = PlainObjective(adapter, view)
             opt.zero_grad(set_to_none=True)
             loss, _ = objective()
             loss.backward()
             opt.step()
             times.append(time.perf_counter() - t)
-        n = sum(e.size for e in batch.encoded.values())
+            n = sum(e.size for e in view.encoded.values())
     finally:
         editor.abort()  # restores the weight
     return 1000 * statistics.median(times[1:] or times), n
