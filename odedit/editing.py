@@ -55,6 +55,7 @@ class Kept:
     subject: str | None = None
     replaced: str | None = None
     soft: bool = False
+    stable: bool = False  # the same knowledge every batch (a world's preservation set): keys cacheable
 
 
 TRAJECTORY_KEYS = ("lam", "tv_penalty")
@@ -117,6 +118,7 @@ def run_edits(
     keep: Sequence[Kept] = (),
     preserve: Sequence[Kept] = (),
     min_reliability: float | None = None,
+    key_cache: str | Path | None = None,
 ) -> EditRun:
     """Edit `adapter.model` with every request. Single mode leaves the model as it was;
     sequential mode leaves all successful edits applied (their deltas are in the run).
@@ -128,7 +130,8 @@ def run_edits(
     `min_reliability` (PRODUCT, the lifecycle passes the gate's `min_edit_reliability`): an edit whose
     reliability right after optimisation is below it did not take; it is undone and recorded
     `unreached` (left out of the candidate, pending like a diverged one), not kept to fail the
-    whole batch later."""
+    whole batch later. `key_cache`: a folder where the key covariance of the `stable` part of
+    `preserve` is kept between runs (`nullspace.KeyBank.add`)."""
     run = EditRun(config, sequential)
     edited: list[Sample] = []
     kept = list(keep)
@@ -139,8 +142,9 @@ def run_edits(
 
         bank = KeyBank(adapter, adapter.mlp_module(edited_layer(adapter, config.base), config.base.proj),
                        config.base.null_space_tol)
-        both = list(preserve) + kept
-        bank.add([k.sample for k in both], [k.subject for k in both], [k.soft for k in both])
+        for part, cache in (([k for k in preserve if k.stable], key_cache),
+                            ([k for k in preserve if not k.stable] + kept, None)):
+            bank.add([k.sample for k in part], [k.subject for k in part], [k.soft for k in part], cache=cache)
         for k in kept:
             bank.forget(k.subject, k.replaced)
     for req in requests:

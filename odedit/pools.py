@@ -71,11 +71,12 @@ def world_preservation(world, views_per_kind: int = 4, phrasings_per_kind: int =
             picks = rng.choice(len(phr), size=min(n_views, len(phr)), replace=False)
             for v, j in zip(rng.choice(world.train_views, size=n_views, replace=False), picks):
                 out.append(Kept(Sample(phr[int(j)].prompt(), ent.answer(kind), world.render(ent, int(v))), ent.name,
-                                soft=soft))
+                                soft=soft, stable=True))
         for kind in TEXT_KINDS:
             phr = world.phrasings(kind, False)
             for j in rng.choice(len(phr), size=min(phrasings_per_kind, len(phr)), replace=False):
-                out.append(Kept(Sample(phr[int(j)].prompt(ent.name), ent.answer(kind)), ent.name, soft=soft))
+                out.append(Kept(Sample(phr[int(j)].prompt(ent.name), ent.answer(kind)), ent.name, soft=soft,
+                                stable=True))
     return out
 
 

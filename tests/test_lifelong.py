@@ -143,3 +143,30 @@ def test_soft_preservation_steers_the_update_off_the_soft_keys(adapter, world, w
         finally:
             remove_delta(adapter.model, out.restore)
     assert energy[0.05] < 0.9 * energy[0.0], energy  # measured: 0.22 vs 0.26
+
+
+def test_key_cache_returns_the_same_bank_and_misses_for_other_weights(adapter, world, tmp_path):
+    """A cached bank equals the computed one exactly; weights below the edited projection that
+    differ (another model, another champion) make a different key, never a stale hit."""
+    cfg = EditConfig(method="ft-l-lifelong")
+    module = adapter.mlp_module(edited_layer(adapter, cfg.base), cfg.base.proj)
+    kept = world_preservation(world, 1, 1)[:40]
+    banks = []
+    for _ in range(2):
+        bank = KeyBank(adapter, module, cfg.base.null_space_tol)
+        bank.add([k.sample for k in kept], [k.subject for k in kept], cache=tmp_path)
+        banks.append(bank)
+    assert len(list(tmp_path.glob("*.pt"))) == 1
+    assert torch.equal(banks[0].totals[0], banks[1].totals[0]) and banks[1].totals[0].abs().sum() > 0
+    below = adapter.mlp_module(0, "down_proj").weight
+    saved = below.detach().clone()
+    try:
+        with torch.no_grad():
+            below.mul_(1.01)
+        other = KeyBank(adapter, module, cfg.base.null_space_tol)
+        other.add([k.sample for k in kept], [k.subject for k in kept], cache=tmp_path)
+        assert len(list(tmp_path.glob("*.pt"))) == 2
+        assert not torch.equal(other.totals[0], banks[0].totals[0])
+    finally:
+        with torch.no_grad():
+            below.copy_(saved)

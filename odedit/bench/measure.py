@@ -607,10 +607,13 @@ def _trim_pstats(text: str) -> str:
 
 
 def sequential_seconds_per_edit(adapter: MLLMAdapter, requests: Sequence[EditRequest], image_root: Path, pool,
-                                preserve, methods: Sequence[str], base: EditConfig | None = None) -> dict[str, float]:
+                                preserve, methods: Sequence[str], base: EditConfig | None = None,
+                                key_cache: Path | None = None) -> dict[str, float]:
     """Wall seconds per edit of a sequential run (what a batch pays: environments, baselines,
     optimisation, scoring, and for lifelong methods the key bank and each edit's projector),
-    the model restored after each method."""
+    the model restored after each method. A method named twice is timed twice (with
+    `key_cache`, the second lifelong run reads the preserved keys the first one wrote: what
+    every batch after the first pays); the second timing is keyed `<name> (warm)`."""
     from odedit.bench.grid import parse_method
 
     names = [n for n, _ in adapter.model.named_parameters()]
@@ -620,7 +623,7 @@ def sequential_seconds_per_edit(adapter: MLLMAdapter, requests: Sequence[EditReq
         before = snapshot(adapter.model, names)
         t0 = time.perf_counter()
         run_edits(adapter, list(requests), image_root, cfg, pool, sequential=True,
-                  preserve=preserve if cfg.base.null_space else ())
-        out[name] = (time.perf_counter() - t0) / len(requests)
+                  preserve=preserve if cfg.base.null_space else (), key_cache=key_cache)
+        out[f"{name} (warm)" if name in out else name] = (time.perf_counter() - t0) / len(requests)
         remove_delta(adapter.model, AppliedDelta(before))
     return out

@@ -133,20 +133,25 @@ def bench(
         from odedit.pools import preservation_of
 
         seq_reqs, seq_root = requests_for_seed(1, 6)
-        methods_seq = ("odedit-ft-l", "odedit-ft-l-lifelong")
+        import tempfile
+
+        methods_seq = ("odedit-ft-l", "odedit-ft-l[+all]", "odedit-ft-l-lifelong", "odedit-ft-l-lifelong")
         lifelong_cfg = parse_method("odedit-ft-l-lifelong").config(0, base)
-        with console.status(f"per-edit seconds of a sequential 6-edit batch: {', '.join(methods_seq)}"):
+        with console.status("per-edit seconds of a sequential 6-edit batch: odedit-ft-l, [+all], the lifelong "
+                            "default (cold, then warm key cache)"), tempfile.TemporaryDirectory() as cache:
             per_edit = measure.sequential_seconds_per_edit(
                 adapter, seq_reqs, seq_root, pool_for(1, seq_reqs, seq_root),
-                preservation_of(adapter, ref, seq_reqs, seq_root, lifelong_cfg), methods_seq, base)
+                preservation_of(adapter, ref, seq_reqs, seq_root, lifelong_cfg), methods_seq, base, Path(cache))
         meta["sequential_s_per_edit"] = {k: round(v, 3) for k, v in per_edit.items()}
         meta["wall_s"] = round(time.perf_counter() - t0, 1)
         notes = _perf_verdict(results)
-        ratio = per_edit["odedit-ft-l-lifelong"] / per_edit["odedit-ft-l"]
-        notes += (f"\n(d) per edit in a sequential 6-edit batch (environments, baselines, optimisation, scoring; "
-                  f"lifelong: key bank + projector): odedit-ft-l {per_edit['odedit-ft-l']:.2f} s, "
-                  f"odedit-ft-l-lifelong (the run-batch default) {per_edit['odedit-ft-l-lifelong']:.2f} s = "
-                  f"{ratio:.2f}x; target <= 2x: {'met' if ratio <= 2 else 'NOT met'}")
+        ref_s = per_edit["odedit-ft-l[+all]"]  # odedit-ft-l as the Lifelong issue found it: every row a step
+        for key in ("odedit-ft-l-lifelong", "odedit-ft-l-lifelong (warm)"):
+            ratio = per_edit[key] / ref_s
+            notes += (f"\n(d) per edit in a sequential 6-edit batch (environments, baselines, optimisation, scoring; "
+                      f"lifelong: key bank + projector): {key} {per_edit[key]:.2f} s vs odedit-ft-l[+all] "
+                      f"{ref_s:.2f} s = {ratio:.2f}x (odedit-ft-l, stochastic environments: "
+                      f"{per_edit['odedit-ft-l']:.2f} s); target <= 2x: {'met' if ratio <= 2 else 'NOT met'}")
         console.print(notes)
         _finish(out, [], meta, results, prof, mlflow, notes)
         return

@@ -21,6 +21,8 @@ updates that fit, one that moves those inputs less is preferred.
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -62,6 +64,17 @@ def null_projector(cov: torch.Tensor, tol: float) -> torch.Tensor:
     return (null @ null.T).float()
 
 
+def _cache_key(samples: Sequence[Sample], subjects, soft, first_keys: torch.Tensor) -> str:
+    """What the keys of `samples` depend on: their content (prompt, target, image pixels, subject,
+    set) and the model below the edited projection, stood for by the first batch's keys."""
+    h = hashlib.sha256(first_keys.numpy().tobytes())
+    for s, subj, j in zip(samples, subjects, soft):
+        h.update(f"{s.prompt}\x00{s.target}\x00{subj}\x00{j}\x00".encode())
+        if s.image is not None:
+            h.update(s.image.tobytes())
+    return h.hexdigest()[:32]
+
+
 def fact_key(subject: str | None, answer: str | None) -> tuple[str, str]:
     """What identifies "the same fact" generically: the subject and the answer the model gives.
     An edit of X replaces the answer it currently gives; every other answer about X stays."""
@@ -88,18 +101,39 @@ class KeyBank:
         self.totals = (torch.zeros(n, n, dtype=torch.float64), torch.zeros(n, n, dtype=torch.float64))
 
     def add(self, samples: Sequence[Sample], subjects: Sequence[str | None],
-            soft: Sequence[bool] | None = None) -> None:
+            soft: Sequence[bool] | None = None, cache: str | Path | None = None) -> None:
         """Preserve `samples` (each sample's target is the answer that must stay); those marked
-        `soft` join the soft set instead of the hard bank."""
+        `soft` join the soft set instead of the hard bank. With `cache` (a folder), the two
+        covariances these samples add are kept there, keyed by the samples' content and by the
+        keys of their first batch (so another model, or other weights below the edited
+        projection, never hits), and read back instead of recomputed."""
         subjects, soft = list(subjects), [int(bool(x)) for x in (soft or [False] * len(samples))]
         for i, s in enumerate(samples):
             self.facts[soft[i]].setdefault(fact_key(subjects[i], s.target), []).append(s)
-        for idx, keys, rows in batch_keys(self.adapter, self.module, samples):
+        if not samples:
+            return
+        n = self.module.weight.shape[1]
+        added = (torch.zeros(n, n, dtype=torch.float64), torch.zeros(n, n, dtype=torch.float64))
+        path = None
+        for b, (idx, keys, rows) in enumerate(batch_keys(self.adapter, self.module, samples)):
+            if b == 0 and cache is not None:
+                path = Path(cache) / f"{_cache_key(samples, subjects, soft, keys)}.pt"
+                if path.is_file():
+                    for total, got in zip(self.totals, torch.load(path)):
+                        total.add_(got)
+                    return
             which = torch.tensor([soft[i] for i in idx])[rows]  # the set of each position's sample
-            for j, total in enumerate(self.totals):
+            for j, acc in enumerate(added):
                 part = keys[which == j]
                 if len(part):
-                    total.add_(part.T @ part)  # one product per batch, not one per sample
+                    acc.add_(part.T @ part)  # one product per batch, not one per sample
+        for total, acc in zip(self.totals, added):
+            total.add_(acc)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            torch.save(added, tmp)
+            tmp.replace(path)  # atomic: a reader never sees half a file
 
     def _fact_cov(self, j: int, subject: str | None, answer: str | None) -> torch.Tensor | None:
         samples = self.facts[j].get(fact_key(subject, answer))

@@ -140,8 +140,11 @@ def _edit_loaded(adapter, base_model: str, champ, requests: Sequence[EditRequest
     preserve = preservation_of(adapter, base, requests, image_root, cfg, answers=answers) \
         + _prior_support(prior, prior_root, cfg) if cfg.base.null_space else ()
     t1 = time.perf_counter()
+    from odedit.lifecycle.state import state_dir
+
     run = run_edits(adapter, requests, image_root, cfg, pool, sequential=True, on_record=on_record, fault=fault,
-                    keep=_prior_samples(prior, prior_root), preserve=preserve, min_reliability=min_reliability)
+                    keep=_prior_samples(prior, prior_root), preserve=preserve, min_reliability=min_reliability,
+                    key_cache=state_dir() / "cache" / "keys" if cfg.base.null_space else None)
     t_edit = time.perf_counter() - t1
     delta_dir = batch_dir = None
     ok = [r.request_id for r in run.records if r.status == "ok" and r.request_id in run.deltas]
