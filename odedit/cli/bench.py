@@ -35,7 +35,8 @@ def bench(
     deployment: Optional[str] = typer.Option(None, "--deployment", help="--lifelong: gate section of "
                                              "configs/gate.yaml (default: the default gate; 'demo' is permissive)."),
     methods: Optional[str] = typer.Option(None, help="Comma-separated methods, e.g. "
-                                          "'ft-l,odedit-ft-l,odedit-ft-l[-tv],icl' (overrides the grid's)."),
+                                          "'ft-l,odedit-ft-l,odedit-ft-l[-tv],icl' (overrides the grid's; "
+                                          "with --perf, the editors timed, e.g. 'ft-l,odedit-ft-l,odedit-ft-l[+all]')."),
     seeds: Optional[str] = typer.Option(None, help="Comma-separated seeds (overrides the grid's)."),
     n_single: Optional[int] = typer.Option(None, "--n-single", help="Single edits per seed."),
     ts: Optional[str] = typer.Option(None, "--ts", help="Sequential lengths, e.g. '1,5,10,20'; '' for none."),
