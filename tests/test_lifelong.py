@@ -158,6 +158,11 @@ def test_key_cache_returns_the_same_bank_and_misses_for_other_weights(adapter, w
         banks.append(bank)
     assert len(list(tmp_path.glob("*.pt"))) == 1
     assert torch.equal(banks[0].totals[0], banks[1].totals[0]) and banks[1].totals[0].abs().sum() > 0
+    next(tmp_path.glob("*.pt")).write_bytes(b"not a tensor file")  # a damaged entry is recomputed, not trusted
+    again = KeyBank(adapter, module, cfg.base.null_space_tol)
+    again.add([k.sample for k in kept], [k.subject for k in kept], cache=tmp_path)
+    assert torch.equal(again.totals[0], banks[0].totals[0])
+    assert len(list(tmp_path.glob("*.pt"))) == 1 and not list(tmp_path.glob("*.tmp"))
     below = adapter.mlp_module(0, "down_proj").weight
     saved = below.detach().clone()
     try:

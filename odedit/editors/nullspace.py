@@ -22,6 +22,7 @@ updates that fit, one that moves those inputs less is preferred.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -75,6 +76,20 @@ def _cache_key(samples: Sequence[Sample], subjects, soft, first_keys: torch.Tens
     return h.hexdigest()[:32]
 
 
+def _read_cached(path: Path, n: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The two cached covariances at `path`, or None when there are none or they cannot be read
+    as two (n x n) float64 tensors (then they are recomputed and the file rewritten)."""
+    if not path.is_file():
+        return None
+    try:
+        got = torch.load(path)
+    except Exception:
+        return None
+    ok = (isinstance(got, (tuple, list)) and len(got) == 2
+          and all(isinstance(t, torch.Tensor) and t.shape == (n, n) and t.dtype == torch.float64 for t in got))
+    return tuple(got) if ok else None
+
+
 def fact_key(subject: str | None, answer: str | None) -> tuple[str, str]:
     """What identifies "the same fact" generically: the subject and the answer the model gives.
     An edit of X replaces the answer it currently gives; every other answer about X stays."""
@@ -118,9 +133,10 @@ class KeyBank:
         for b, (idx, keys, rows) in enumerate(batch_keys(self.adapter, self.module, samples)):
             if b == 0 and cache is not None:
                 path = Path(cache) / f"{_cache_key(samples, subjects, soft, keys)}.pt"
-                if path.is_file():
-                    for total, got in zip(self.totals, torch.load(path)):
-                        total.add_(got)
+                got = _read_cached(path, n)
+                if got is not None:
+                    for total, g in zip(self.totals, got):
+                        total.add_(g)
                     return
             which = torch.tensor([soft[i] for i in idx])[rows]  # the set of each position's sample
             for j, acc in enumerate(added):
@@ -131,7 +147,7 @@ class KeyBank:
             total.add_(acc)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")  # one per writer: concurrent batches never share it
             torch.save(added, tmp)
             tmp.replace(path)  # atomic: a reader never sees half a file
 
