@@ -30,26 +30,22 @@ class BaseEditor(ABC):
         self.layer = edited_layer(adapter, config)
         self.module = adapter.mlp_module(self.layer, config.proj)
         self.module_name = adapter.module_name(self.module)
-        self.projection: torch.Tensor | None = None  # null-space projector on the input side (nullspace.py)
-        self.shrink: torch.Tensor | None = None  # I - soft_decay * soft metric, input side (nullspace.py)
+        # what after_step maps the update's input side by: the null-space projector (nullspace.py),
+        # with the soft shrink before it when there is one; None: unconstrained
+        self.side: torch.Tensor | None = None
 
     def constrain_to(self, projection: torch.Tensor | None, soft_metric: torch.Tensor | None = None) -> None:
         """Keep every update in the row space `projection` (in x in) maps onto; None lifts it.
         `soft_metric` (in x in, norm 1): after each step the update is also shrunk by
         `config.soft_decay` along it (before the projection, so the hard constraint holds)."""
         dev, dt = self.module.weight.device, self.module.weight.dtype
-        self.projection = None if projection is None else projection.to(dev, dt)
-        self.shrink = None
+        proj = None if projection is None else projection.to(dev, dt)
+        self.side = proj
         if soft_metric is not None and self.config.soft_decay > 0:
             eye = torch.eye(soft_metric.shape[0], dtype=soft_metric.dtype, device=soft_metric.device)
-            self.shrink = (eye - self.config.soft_decay * soft_metric).to(dev, dt)
-
-    def input_side(self) -> torch.Tensor | None:
-        """The one (in x in) map applied to the update's input side after each step: the soft
-        shrink, then the null-space projection; None when neither is set."""
-        if self.shrink is None:
-            return self.projection
-        return self.shrink if self.projection is None else self.shrink @ self.projection
+            shrink = (eye - self.config.soft_decay * soft_metric).to(dev, dt)
+            # composed once here, not every step (an in x in product: ~1.3 TFLOP for a 7B down_proj)
+            self.side = shrink if proj is None else shrink @ proj
 
     def edited_parameter_names(self) -> list[str]:
         """Base-model parameters whose values the finished edit replaces."""

@@ -18,7 +18,7 @@ class FTLEditor(BaseEditor):
 
     def after_step(self) -> None:
         w = self.module.weight
-        side = self.input_side()
+        side = self.side
         with torch.no_grad():
             if side is not None:  # the change acts only on keys outside the preserved span
                 w.copy_(self._original + (w - self._original) @ side)

@@ -29,7 +29,7 @@ class LoRAEditor(BaseEditor):
         return params
 
     def after_step(self) -> None:
-        side = self.input_side()
+        side = self.side
         if side is not None:  # Delta = B A: projecting A's input side projects Delta
             with torch.no_grad():
                 for name, p in self._lora.named_parameters():
