@@ -130,12 +130,12 @@ def bench(
         _wide().print(prof["torch_ops"], markup=False, highlight=False)
         console.print("[bold]cProfile top functions (own time)[/]")
         _wide().print(prof["cprofile_tottime"], markup=False, highlight=False)
+        import tempfile
+
         from odedit.bench.grid import parse_method
         from odedit.pools import preservation_of
 
         seq_reqs, seq_root = requests_for_seed(1, 6)
-        import tempfile
-
         methods_seq = ("odedit-ft-l", "odedit-ft-l[+all]", "odedit-ft-l-lifelong", "odedit-ft-l-lifelong")
         lifelong_cfg = parse_method("odedit-ft-l-lifelong").config(0, base)
         with console.status("per-edit seconds of a sequential 6-edit batch: odedit-ft-l, [+all], the lifelong "

@@ -130,6 +130,7 @@ def _edit_loaded(adapter, base_model: str, champ, requests: Sequence[EditRequest
     from odedit.delta import Delta
     from odedit.editing import run_edits
     from odedit.lifecycle.models import resolve_base
+    from odedit.lifecycle.state import state_dir
     from odedit.pools import current_answers, locality_pool_for, preservation_of, world_of
 
     base = resolve_base(base_model)
@@ -140,8 +141,6 @@ def _edit_loaded(adapter, base_model: str, champ, requests: Sequence[EditRequest
     preserve = preservation_of(adapter, base, requests, image_root, cfg, answers=answers) \
         + _prior_support(prior, prior_root, cfg) if cfg.base.null_space else ()
     t1 = time.perf_counter()
-    from odedit.lifecycle.state import state_dir
-
     run = run_edits(adapter, requests, image_root, cfg, pool, sequential=True, on_record=on_record, fault=fault,
                     keep=_prior_samples(prior, prior_root), preserve=preserve, min_reliability=min_reliability,
                     key_cache=state_dir() / "cache" / "keys" if cfg.base.null_space else None)
@@ -228,14 +227,13 @@ def edit_and_gate(base_ref: str, champion_delta: str | Path | None, champion_led
     prior, prior_root = ledger.live_requests()
     hashes = hashes or request_hashes(requests)
     t0 = time.perf_counter()
+    bounds_drift = getattr(gate_cfg, "max_base_regression_fraction", None) is not None
     # the base's answers first (one model in memory at a time), only when the gate bounds drift
-    base_answers = (base_probe_answers(base_ref, probes, probe_dir, device)
-                    if getattr(gate_cfg, "max_base_regression_fraction", None) is not None and champion_delta
-                    else None)
+    base_answers = base_probe_answers(base_ref, probes, probe_dir, device) if bounds_drift and champion_delta else None
     adapter = load_edited(base_ref, champion_delta, device=device)
     champ = _load_champion_delta(champion_delta)
     champion_answers = probe_answers(adapter, probes, probe_dir)
-    if base_answers is None and getattr(gate_cfg, "max_base_regression_fraction", None) is not None:
+    if bounds_drift and not champion_delta:
         base_answers = champion_answers  # the champion is the base
     held = {r.id: build_environments(r, image_root, cfg.odedit, (), seed=cfg.seed).heldout for r in requests}
     before = {rid: evaluate.baseline(adapter, h) for rid, h in held.items()}
