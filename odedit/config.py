@@ -28,6 +28,7 @@ class BaseEditorConfig:
     proj: str = "down_proj"  # MLP projection edited (FT-L in EasyEdit edits mlp weights)
     optimizer: Literal["adam", "sgd"] = "adam"  # EasyEdit's FT-L uses Adam
     lr: float = 1e-3  # learning rate (TUNED: sweeps on the embedded model; larger cost M-Loc)
+    momentum: float = 0.0  # SGD only: heavy-ball momentum (PRODUCT, cost: fewer steps to the same fit)
     steps: int = 100  # cap on optimisation steps per edit (TUNED; early stop usually ends at ~15-35)
     early_stop_loss: float | None = 0.5  # stop once the target NLL < 0.5, p > 0.6 (TUNED)
     norm_constraint: float | None = None  # FT-L: clamp |w - w0| elementwise (EasyEdit option)

@@ -75,3 +75,54 @@ def test_mmd_bandwidth_consistent_with_dR_dw():
         assert (abs(g.item()) < 1e-5) == zero, (bw, g.item())
     a = losses.mmd2(x * 2.0, y * 2.0).item()
     assert abs(a - losses.mmd2(x, y).item()) < 1e-5  # finite check: scale-invariant value
+
+
+def _scaled(u, b, labels):
+    """logits = w * u + b with w a leaf at 1 per sample, for autograd's dR/dw."""
+    w = torch.ones(u.shape[0], 1, 1, requires_grad=True)
+    return w, w * u + b
+
+
+def test_closed_form_slopes_equal_autograd():
+    """nll_with_slope / kl_with_slope: the values of nll / kl, and per sample the derivative of
+    the risk w.r.t. a scale w on the LM head's input (logits = w u + b), as autograd takes it."""
+    torch.manual_seed(0)
+    B, T, V = 3, 6, 7
+    u, b = torch.randn(B, T, V), torch.randn(V)
+    pre = torch.randn(B, T, V)
+    labels = torch.full((B, T), -100)
+    labels[0, 3:] = torch.tensor([1, 2, 3])
+    labels[1, 5] = 4
+    labels[2, 2:4] = torch.tensor([0, 6])
+    mask = torch.ones(B, T)
+    mask[1, :2] = 0  # left padding
+    for reduction in ("mean", "sum"):
+        w, z = _scaled(u, b, labels)
+        per = losses.nll(z, labels, reduction)
+        (want,) = torch.autograd.grad(per.sum(), w)
+        got, slope = losses.nll_with_slope(z, labels, z - b, reduction)
+        assert torch.allclose(got, per, atol=1e-6)
+        assert torch.allclose(slope, want.flatten(), atol=1e-5), (reduction, slope, want.flatten())
+    for direction in ("post_pre", "pre_post"):
+        for positions in ("answer", "all"):
+            w, z = _scaled(u, b, labels)
+            per = losses.kl(z, pre, labels, direction, positions, mask)
+            (want,) = torch.autograd.grad(per.sum(), w)
+            got, slope = losses.kl_with_slope(z, pre, labels, z - b, direction, positions, mask)
+            assert torch.allclose(got, per, atol=1e-6)
+            assert torch.allclose(slope, want.flatten(), atol=1e-5), (direction, positions)
+
+
+def test_batched_mmd_equals_one_pair_at_a_time():
+    torch.manual_seed(2)
+    x = torch.randn(4, 5)
+    ys = [torch.randn(3, 5) + 0.5, torch.zeros(0, 5), torch.randn(6, 5) * 2, torch.randn(1, 5)]
+    for bw in ("differentiable", "detached"):
+        want = torch.stack([losses.mmd2(x, y, bandwidth=bw) if len(y) else torch.zeros(()) for y in ys])
+        for max_elements in (1 << 22, 1):  # one chunk, or one pair a chunk
+            got = losses.mmd2_many(x, ys, bandwidth=bw, max_elements=max_elements)
+            assert torch.allclose(got, want, atol=1e-6), (bw, max_elements, got, want)
+    xs = x.clone().requires_grad_(True)  # and the same gradients
+    (g1,) = torch.autograd.grad(losses.mmd2_many(xs, ys).sum(), xs)
+    (g2,) = torch.autograd.grad(sum(losses.mmd2(xs, y) for y in ys if len(y)), xs)
+    assert torch.allclose(g1, g2, atol=1e-6)

@@ -1,6 +1,7 @@
-"""Cost choices that must not change ODEdit's values: the TV penalty taken the cheap way (one
-backward, a scale per row) equals the paper's definition taken the direct way (one dR_e/dw per
-environment), and image / text rows merged into one padded batch or kept as two give the same
+"""Cost choices that must not change ODEdit's values: the TV penalty taken the cheap ways (in
+closed form from the logits, or one backward with a scale per row) equals the paper's
+definition taken the direct way (one dR_e/dw per environment), the batched risks equal the
+environments' risks taken one by one, and image / text rows merged into one padded batch or kept as two give the same
 risks. And the one that does change them, stochastic environments, draws what it says."""
 
 import pytest
@@ -22,10 +23,14 @@ def test_rowwise_slopes_equal_one_grad_per_environment(adapter, world, world_req
     editor = BASE_EDITORS["ft-l"](adapter, cfg.base)
     params = editor.begin()
     try:
-        with torch.no_grad():  # away from the base weights, where every slope is informative
-            params[0].add_(0.02 * torch.randn(params[0].shape, generator=torch.Generator().manual_seed(0)))
         batch = EnvBatch(adapter, es.train, prefix_layer=editor.layer if cache_prefix else None)
         objective = ODEditObjective(adapter, batch, params, cfg.odedit, seed=0)
+        # away from the weights the OUT reference was taken at: there an OUT slope is exactly 0 in
+        # closed form, where |.| has no derivative (the autograd ways carry float noise instead)
+        with torch.no_grad():
+            params[0].add_(0.02 * torch.randn(params[0].shape, generator=torch.Generator().manual_seed(0)))
+        # with the prefix cache "rows" takes the slopes in closed form; without it, by autograd
+        assert objective._slope_mode(batch, True) == ("closed" if cache_prefix else "rows")
         got = {}
         for how in ("loop", "rows"):
             objective.config.tv_grads, objective.step_index = how, cfg.odedit.tv_warmup_steps
@@ -37,6 +42,64 @@ def test_rowwise_slopes_equal_one_grad_per_environment(adapter, world, world_req
         assert got["rows"][0] == pytest.approx(got["loop"][0], rel=1e-3)
         diff = (got["rows"][1] - got["loop"][1]).norm() / got["loop"][1].norm()
         assert diff < 1e-3, diff
+    finally:
+        editor.abort()
+
+
+def _reference_risks(adapter, batch, pre, cfg):
+    """G's risks one environment part at a time, straight from the paper's definitions (what
+    the objective computed before it batched them): {kind: mean over environments}, the fit."""
+    from odedit.editors import losses
+
+    out = batch.forward(adapter)
+    risks, fits, in_states = {}, [], None
+    by_env = {}
+    for er in batch.rows:
+        by_env.setdefault(er.env.name, []).append(er)
+    for name, parts in sorted(by_env.items(), key=lambda kv: kv[0] != "IN"):
+        risk = 0.0
+        for er in parts:
+            hidden, logits = out[er.group]
+            enc = batch.encoded[er.group]
+            lab = enc.labels[er.rows]
+            if er.env.kind == "OUT":
+                risk += cfg.w_loc * losses.kl(logits[er.rows], pre[er.group][er.rows], lab).mean()
+                continue
+            n = losses.nll(logits[er.rows], lab).mean()
+            fits.append(n.item())
+            states = hidden[er.rows][:, :-1][losses.answer_mask(lab)]
+            if er.env.kind == "IN":
+                in_states, risk = states, risk + cfg.w_rel * n
+            else:
+                risk += cfg.w_se_nll * n + cfg.w_gen * losses.mmd2(in_states, states)
+        risks.setdefault(parts[0].env.kind, []).append(float(risk))
+    return {k: sum(v) / len(v) for k, v in risks.items()}, max(fits)
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_batched_risks_equal_the_environments_one_by_one(adapter, world, world_requests, monkeypatch, merge):
+    from odedit.editors import env_batch
+
+    root, requests = world_requests
+    cfg = EditConfig.from_dict({"method": "odedit-ft-l", "odedit": {"env_samples": 0, "tv": False}})
+    es = build_environments(requests[1], root, cfg.odedit, world.locality_pool(64, requests[1].subject), seed=0)
+    monkeypatch.setattr(env_batch, "merge_pays", lambda encoded, slack=1.25, m=merge: m)
+    editor = BASE_EDITORS["ft-l"](adapter, cfg.base)
+    params = editor.begin()
+    try:
+        batch = EnvBatch(adapter, es.train, prefix_layer=editor.layer)
+        assert len(batch.encoded) == (1 if merge else 2)
+        with torch.no_grad():
+            pre = {g: lg.clone() for g, (_, lg) in batch.forward(adapter).items()}
+            objective = ODEditObjective(adapter, batch, params, cfg.odedit, seed=0)
+            params[0].add_(0.02 * torch.randn(params[0].shape, generator=torch.Generator().manual_seed(1)))
+            want, fit = _reference_risks(adapter, batch, pre, cfg.odedit)
+            total, stats = objective()
+        assert set(want) == {"IN", "SE", "OUT"} and want["OUT"] > 0
+        for kind, value in want.items():
+            assert stats[f"risk_{kind.lower()}"] == pytest.approx(value, rel=1e-4, abs=1e-6), kind
+        assert total.item() == pytest.approx(sum(want.values()), rel=1e-4)
+        assert stats["fit"] == pytest.approx(fit, rel=1e-4)
     finally:
         editor.abort()
 

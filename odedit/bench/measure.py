@@ -533,10 +533,10 @@ def perf(adapter: MLLMAdapter, requests: Sequence[EditRequest], image_root: Path
 def same_batch_step_ms(adapter: MLLMAdapter, env, cfg: EditConfig, steps: int) -> tuple[float, int]:
     """(median ms, samples) of a bare FT-L step (target NLL, backward, Adam) on ODEdit's rows
     (IN + SE + OUT; with stochastic environments, a draw of as many rows each step, as ODEdit's
-    step takes): the forward/backward cost of those rows without ODEdit's terms, so ODEdit's
+    step takes, the very rows it draws step by step): the forward/backward cost of those rows without ODEdit's terms, so ODEdit's
     step over this isolates what the objective itself (MMD, KL, TV) adds."""
-    import random
     from odedit.editors.env_batch import EnvBatch
+    from odedit.editors.odedit import ODEditObjective
     from odedit.editors.optimise import PlainObjective
 
     editor = BASE_EDITORS["ft-l"](adapter, cfg.base)
@@ -544,7 +544,7 @@ def same_batch_step_ms(adapter: MLLMAdapter, env, cfg: EditConfig, steps: int) -
     try:
         batch = EnvBatch(adapter, env.train, with_eos=cfg.base.with_eos,
                          prefix_layer=editor.layer if cfg.base.cache_prefix else None)
-        k, rng = cfg.odedit.env_samples, random.Random(0)
+        k, rng = cfg.odedit.env_samples, ODEditObjective.row_rng(cfg.seed)  # ODEdit's own draws, step by step
         sampled = k > 0 and batch.can_sample
         opt = torch.optim.Adam(params, lr=cfg.base.lr)
         times, n = [], sum(e.size for e in batch.encoded.values())

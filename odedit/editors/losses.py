@@ -1,5 +1,14 @@
 """Per-sample risks on teacher-forced batches: target NLL, locality KL, and the multi-scale
-Gaussian MMD of ODEdit's generality risk. Logits at position t predict token t+1."""
+Gaussian MMD of ODEdit's generality risk. Logits at position t predict token t+1.
+
+`*_with_slope` also return each sample's dR/dw in closed form, where the logits are
+z = w * u + b with w a scalar per sample at 1 (IRM's dummy scale on the LM head's input, a
+plain linear head: u = z - b). For a next-token distribution p = softmax(z) and a fixed q:
+  d CE(z, y) / dw       = sum_i p_i u_i - u_y
+  d KL(p || q) / dw     = sum_i p_i u_i (log p_i - log q_i - KL(p || q))
+  d KL(q || p) / dw     = sum_i (p_i - q_i) u_i
+The slopes are differentiable functions of z and u (a penalty on them trains through), and cost
+a few elementwise terms instead of a second, graph-keeping backward through the head."""
 
 from __future__ import annotations
 
@@ -14,13 +23,36 @@ def answer_mask(labels: torch.Tensor) -> torch.Tensor:
     return labels[:, 1:] != IGNORE_INDEX
 
 
+def _positions(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The [N, ...] entries of `t` ([B, T, ...], logits at t predicting t+1) at the masked
+    positions of `mask` [B, T-1]: the losses read only these, not every position's vocabulary."""
+    return t[:, :-1][mask]
+
+
+def _per_sample(tok: torch.Tensor, mask: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Token terms [N] (one per masked position, row-major) summed per sample [B], or averaged."""
+    rows = mask.nonzero()[:, 0]
+    total = torch.zeros(mask.shape[0], dtype=tok.dtype, device=tok.device).index_add(0, rows, tok)
+    return total if reduction == "sum" else total / mask.sum(dim=1).clamp(min=1).to(tok.dtype)
+
+
 def nll(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Per-sample -log p(target) under teacher forcing, mean or sum over target tokens."""
-    logits, targets = logits[:, :-1], labels[:, 1:]
-    mask = targets != IGNORE_INDEX
-    tok = F.cross_entropy(logits.transpose(1, 2), targets.clamp(min=0), reduction="none") * mask
-    total = tok.sum(dim=1)
-    return total if reduction == "sum" else total / mask.sum(dim=1).clamp(min=1)
+    mask = answer_mask(labels)
+    tok = F.cross_entropy(_positions(logits, mask), labels[:, 1:][mask], reduction="none")
+    return _per_sample(tok, mask, reduction)
+
+
+def nll_with_slope(logits: torch.Tensor, labels: torch.Tensor, u: torch.Tensor,
+                   reduction: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
+    """(`nll`, its dR/dw per sample) for logits = w * u + b at w = 1 (module docstring)."""
+    mask = answer_mask(labels)
+    index = labels[:, 1:][mask].unsqueeze(-1)
+    logp = F.log_softmax(_positions(logits, mask), dim=-1)
+    u = _positions(u, mask)
+    tok = -logp.gather(-1, index).squeeze(-1)
+    slope = (logp.exp() * u).sum(-1) - u.gather(-1, index).squeeze(-1)
+    return _per_sample(tok, mask, reduction), _per_sample(slope, mask, reduction)
 
 
 def kl(post_logits, pre_logits, labels, direction: str = "post_pre", positions: str = "answer",
@@ -29,20 +61,33 @@ def kl(post_logits, pre_logits, labels, direction: str = "post_pre", positions: 
     direction "post_pre" = KL(post || pre) as printed in the paper's Eq. 3. positions "answer":
     the positions predicting target tokens; "all": every REAL position (attention mask 1),
     never padding - the mask is required for "all"."""
-    post = F.log_softmax(post_logits[:, :-1], dim=-1)
-    pre = F.log_softmax(pre_logits[:, :-1], dim=-1)
-    if direction == "post_pre":
-        per_pos = (post.exp() * (post - pre)).sum(-1)
-    else:
-        per_pos = (pre.exp() * (pre - post)).sum(-1)
+    return kl_with_slope(post_logits, pre_logits, labels, None, direction, positions, attention_mask)[0]
+
+
+def kl_with_slope(post_logits, pre_logits, labels, u: torch.Tensor | None, direction: str = "post_pre",
+                  positions: str = "answer", attention_mask: torch.Tensor | None = None):
+    """(`kl`, its dR/dw per sample for post_logits = w * u + b at w = 1; None without `u`)."""
     if positions == "answer":
         mask = answer_mask(labels)
     else:  # every real (non-padding) position
         if attention_mask is None or attention_mask.shape[-1] != post_logits.shape[1]:
             raise ValueError("kl(positions='all') needs the attention mask of the logits' sequence")
-        mask = attention_mask[:, :-1].to(per_pos.device).bool()
-    mask = mask.to(per_pos.dtype)
-    return (per_pos * mask).sum(1) / mask.sum(1).clamp(min=1)
+        mask = attention_mask[:, :-1].to(post_logits.device).bool()
+    post = F.log_softmax(_positions(post_logits, mask), dim=-1)
+    pre = F.log_softmax(_positions(pre_logits, mask), dim=-1)
+    p = post.exp()
+    if direction == "post_pre":
+        per_pos = (p * (post - pre)).sum(-1)
+    else:
+        per_pos = (pre.exp() * (pre - post)).sum(-1)
+    if u is None:
+        return _per_sample(per_pos, mask), None
+    u = _positions(u, mask)
+    if direction == "post_pre":
+        slope = (p * u * (post - pre - per_pos.unsqueeze(-1))).sum(-1)
+    else:
+        slope = ((p - pre.exp()) * u).sum(-1)
+    return _per_sample(per_pos, mask), _per_sample(slope, mask)
 
 
 def mmd2(x: torch.Tensor, y: torch.Tensor, scales: int = 5, bandwidth: str = "differentiable") -> torch.Tensor:
@@ -63,3 +108,48 @@ def mmd2(x: torch.Tensor, y: torch.Tensor, scales: int = 5, bandwidth: str = "di
     m = x.shape[0]
     kxx, kyy, kxy = kernel[:m, :m], kernel[m:, m:], kernel[:m, m:]
     return kxx.mean() + kyy.mean() - 2 * kxy.mean()
+
+
+def mmd2_many(x: torch.Tensor, ys: list[torch.Tensor], scales: int = 5, bandwidth: str = "differentiable",
+              max_elements: int = 1 << 22) -> torch.Tensor:
+    """[mmd2(x, y) for y in ys] as one batched computation (`mmd2_pooled`); an empty y gives 0."""
+    out = torch.zeros(len(ys), device=x.device)
+    live = [i for i, y in enumerate(ys) if len(y)]
+    if not live or not len(x):
+        return out
+    z = torch.cat([x] + [ys[i] for i in live], dim=0)
+    values = mmd2_pooled(z, len(x), [len(ys[i]) for i in live], scales, bandwidth, max_elements)
+    return out.index_put((torch.tensor(live, device=out.device),), values)
+
+
+def mmd2_pooled(z: torch.Tensor, m: int, sizes: list[int], scales: int = 5, bandwidth: str = "differentiable",
+                max_elements: int = 1 << 22) -> torch.Tensor:
+    """mmd2(x, y_p) for every p, where z = [x; y_1; y_2; ...] with |x| = m and |y_p| = sizes[p]
+    (all > 0): the same values as `mmd2` one pair at a time, in a few ops instead of a few dozen
+    per pair. The pairwise distances of z once; per pair its own bandwidth b0 over the pooled pair
+    and a^T K a, a = 1/|x| on x, -1/|y| on y, 0 elsewhere (= kxx.mean + kyy.mean - 2 kxy.mean).
+    Chunked so that a chunk's kernels hold at most `max_elements` values."""
+    z = z.float()
+    n = z.shape[0]
+    rows, start = [], m
+    for k in sizes:
+        rows.append([1.0 / m] * m + [0.0] * (start - m) + [-1.0 / k] * k + [0.0] * (n - start - k))
+        start += k
+    weight = torch.tensor(rows, dtype=z.dtype, device=z.device)
+    member = (weight != 0).to(z.dtype)
+    pooled = torch.tensor([(m + k) * (m + k - 1) for k in sizes], dtype=z.dtype, device=z.device)
+    sq = (z * z).sum(dim=1)
+    d2 = (sq[:, None] + sq[None, :] - 2 * z @ z.T).clamp(min=0)  # twice-differentiable, unlike cdist
+    b0 = (((member @ d2) * member).sum(dim=1) / pooled.clamp(min=1)).clamp(min=1e-6)
+    if bandwidth == "detached":
+        b0 = b0.detach()
+    # sigma_q^2 = b0 * 2^q: exp(-d2 / (2 b0 2^q)) for every q in one broadcast
+    coef = torch.tensor([2.0**-q for q in range(-(scales // 2), scales - scales // 2)], device=z.device)
+    chunk = max(1, max_elements // (n * n * len(coef)))
+    values = []
+    for c in range(0, len(sizes), chunk):
+        scaled = d2 / (-2 * b0[c:c + chunk, None, None])
+        kernel = torch.exp(scaled[..., None] * coef).sum(dim=-1)
+        a = weight[c:c + chunk]
+        values.append((a.unsqueeze(1) @ kernel @ a.unsqueeze(2)).flatten())
+    return torch.cat(values) if len(values) > 1 else values[0]

@@ -83,6 +83,93 @@ class LambdaNet(torch.nn.Module):
         return lam.clamp(max=self.config.lambda_max)
 
 
+class _Layout:
+    """A step's environments as weights over its rows, so that every environment's risk (and
+    slope) is one matrix-vector product of per-row terms, not a loop of small ops per
+    environment. Environments in order IN first, then by name; an environment with rows in two
+    groups (image, text) weighs each part by its own mean, as G sums them."""
+
+    KINDS = ("IN", "SE", "OUT", "KEEP")
+
+    def __init__(self, batch: EnvBatch, config: ODEditConfig, w_replay: float, device):
+        names = sorted({er.env.name for er in batch.rows}, key=lambda n: (n != "IN", n))
+        index = {n: i for i, n in enumerate(names)}
+        kind_of = {er.env.name: er.env.kind for er in batch.rows}
+        self.envs = names
+        weight = {"IN": config.w_rel, "SE": config.w_se_nll, "KEEP": w_replay}
+
+        def tensor(rows):
+            return torch.tensor(rows, dtype=torch.float32, device=device)
+
+        self.nll_w, self.kl_w, self.out_rows, self.member, self.fit_w = {}, {}, {}, {}, {}
+        self.keep_rows: dict[str, list[torch.Tensor]] = {}  # KEEP parts: their fit is the worst row's NLL
+        self.in_fit: tuple[str, int] | None = None  # (group, row of fit_w) of IN's fit
+        for g, enc in batch.encoded.items():
+            parts = [(index[er.env.name], er.env.kind, er.rows.tolist()) for er in batch.rows if er.group == g]
+            out = sorted({r for _, kind, rows in parts if kind == "OUT" for r in rows})
+            at = {r: i for i, r in enumerate(out)}
+            nll_w = [[0.0] * enc.size for _ in names]
+            member = [[0.0] * enc.size for _ in names]
+            kl_w = [[0.0] * len(out) for _ in names]
+            fit_w = []
+            self.keep_rows[g] = []
+            for e, kind, rows in parts:
+                for r in rows:
+                    member[e][r] = 1.0
+                    if kind == "OUT":
+                        kl_w[e][at[r]] += config.w_loc / len(rows)
+                    else:
+                        nll_w[e][r] += weight[kind] / len(rows)
+                if kind == "KEEP":
+                    self.keep_rows[g].append(torch.tensor(rows, device=device))
+                elif kind in ("IN", "SE"):  # their fit: the part's mean target NLL
+                    if kind == "IN" and self.in_fit is None:
+                        self.in_fit = (g, len(fit_w))
+                    fit_w.append([1.0 / len(rows) if r in rows else 0.0 for r in range(enc.size)])
+            has_nll = any(kind != "OUT" for _, kind, _ in parts)
+            self.nll_w[g] = tensor(nll_w) if has_nll else None
+            self.fit_w[g] = tensor(fit_w) if fit_w else None
+            self.kl_w[g] = tensor(kl_w) if out else None
+            self.out_rows[g] = torch.tensor(out, dtype=torch.long, device=device) if out else None
+            self.member[g] = tensor(member)
+        if config.w_gen:
+            self._mmd_samples(batch, config, index, device)
+        self.kinds = [k for k in self.KINDS if k in kind_of.values()]
+        kind_mean = [[float(kind_of[n] == k) for n in names] for k in self.kinds]
+        # G = the sum over kinds of the mean risk of that kind's environments
+        self.kind_mean = tensor([[v / sum(row) for v in row] for row in kind_mean])
+
+    def _mmd_samples(self, batch: EnvBatch, config: ODEditConfig, index: dict, device) -> None:
+        """Which last hidden states are MMD samples (answer positions, or real prompt tokens),
+        per group a mask over [rows, T-1]; of those, the IN part's (the reference sample of every
+        SE part) and each SE part's, as indices; and the SE parts' environments and sizes. An SE
+        part without samples has no MMD term, as before."""
+        self.state_mask, self.se_index = {}, {}
+        self.in_index: tuple[str, torch.Tensor] | None = None
+        self.se_env, self.se_sizes = [], []
+        for g, enc in batch.encoded.items():
+            answer = losses.answer_mask(enc.labels)
+            mask = answer if config.mmd_positions == "answer" else \
+                enc.inputs["attention_mask"][:, :-1].bool().to(answer.device) & ~answer
+            self.state_mask[g] = mask
+            at: dict[int, list[int]] = {}
+            for i, r in enumerate(mask.nonzero()[:, 0].tolist()):
+                at.setdefault(r, []).append(i)
+            se = []
+            for er in batch.rows:
+                if er.group != g or er.env.kind not in ("IN", "SE"):
+                    continue
+                idx = [i for r in er.rows.tolist() for i in at.get(r, [])]
+                if er.env.kind == "IN":
+                    self.in_index = (g, torch.tensor(idx, dtype=torch.long, device=device))
+                elif idx:
+                    se += idx
+                    self.se_env.append(index[er.env.name])
+                    self.se_sizes.append(len(idx))
+            self.se_index[g] = torch.tensor(se, dtype=torch.long, device=device) if se else None
+        self.se_env = torch.tensor(self.se_env, dtype=torch.long, device=device)
+
+
 class ODEditObjective:
     """Computes G for one optimisation step and owns the dual (lambda) update."""
 
@@ -105,17 +192,13 @@ class ODEditObjective:
                          if self.lambda_net is not None else None)
         self.step_index = 0
         self._dual_pending = False
-        self._rng = random.Random(f"{seed}:env_samples")
+        self._rng = self.row_rng(seed)
+        self._full_layout = None
 
-    def _states(self, batch: EnvBatch, hidden: torch.Tensor, group: str, rows: torch.Tensor) -> torch.Tensor:
-        """Last hidden states used as MMD samples: answer positions, or the real prompt tokens."""
-        enc = batch.encoded[group]
-        answer = losses.answer_mask(enc.labels[rows])
-        if self.config.mmd_positions == "answer":
-            mask = answer
-        else:
-            mask = enc.inputs["attention_mask"][rows][:, :-1].bool() & ~answer
-        return hidden[rows][:, :-1][mask]
+    @staticmethod
+    def row_rng(seed: int) -> random.Random:
+        """The draws of stochastic environments: the same rows step by step for a given seed."""
+        return random.Random(f"{seed}:env_samples")
 
     def _step_batch(self) -> tuple[EnvBatch, dict[str, torch.Tensor] | None]:
         """This step's rows: every row (None: rows are the batch's own), or with `env_samples` > 0
@@ -125,74 +208,92 @@ class ODEditObjective:
             return self.batch, None
         return self.batch.sample(self.config.env_samples, self._rng, whole=("IN", "KEEP"))
 
+    def _layout(self, batch: EnvBatch) -> "_Layout":
+        """Where this step's environments sit in its rows (built once for the whole batch)."""
+        if batch is self.batch:
+            if self._full_layout is None:
+                self._full_layout = _Layout(batch, self.config, self.w_replay, self.adapter.device)
+            return self._full_layout
+        return _Layout(batch, self.config, self.w_replay, self.adapter.device)
+
     def _pre_logits(self, group: str, rows: torch.Tensor, length: int) -> torch.Tensor:
         """Pre-edit logits of the OUT `rows` (rows of the whole batch), `length` positions."""
         return self._pre[group][self._pre_at[group][rows]][:, :length]
 
+    def _slope_mode(self, batch: EnvBatch, tv_on: bool) -> str | None:
+        """How this step takes dR_e/dw (None: no penalty this step). All give the same values:
+          "closed"  the slopes in closed form from the logits (losses module docstring): where the
+                    logits are a plain linear head of the cached-prefix decoder's last state;
+          "rows"    one backward with a scale per row (a family's own forward, e.g. a logit
+                    soft-cap after the head): dR_e/dw = the sum of dR/dw_r over e's rows;
+          "loop"    one grad per environment with one scalar w on every row: with a detached MMD
+                    bandwidth, whose share of dR/dw is not 0 (the MMD couples IN's rows with
+                    each SE's). Else the MMD's share is exactly 0 (the kernel's bandwidth follows
+                    the states' scale), so the MMD reads the unscaled states."""
+        if not tv_on:
+            return None
+        if self.config.tv_grads == "loop" or self.config.mmd_bandwidth != "differentiable":
+            return "loop"
+        head = self.adapter.model.get_output_embeddings()
+        return "closed" if batch.can_sample and type(head) is torch.nn.Linear else "rows"
+
     def __call__(self) -> tuple[torch.Tensor, dict]:
         cfg = self.config
         batch, orig = self._step_batch()
-        tv_on = cfg.tv and self.step_index >= cfg.tv_warmup_steps and len(batch.rows) > 1
-        # dR_e/dw for every environment from ONE backward: w is one scale per row, and as each
-        # environment's NLL / KL reads only its own rows, dR_e/dw = the sum of dR/dw_r over e's
-        # rows. MMD couples IN's rows with each SE's, but its dR/dw is exactly 0 (the kernel's
-        # bandwidth follows the states' scale), so it reads the unscaled states. With a detached
-        # bandwidth that share is not 0: one grad per environment, all rows under one scalar w.
-        rowwise = tv_on and cfg.tv_grads == "rows" and cfg.mmd_bandwidth == "differentiable"
-        if rowwise:
-            w = {g: torch.ones(enc.size, 1, 1, device=self.adapter.device, requires_grad=True)
-                 for g, enc in batch.encoded.items()}
+        lay = self._layout(batch)
+        mode = self._slope_mode(batch, cfg.tv and self.step_index >= cfg.tv_warmup_steps and len(batch.rows) > 1)
+        dev = self.adapter.device
+        if mode == "rows":
+            w = {g: torch.ones(enc.size, 1, 1, device=dev, requires_grad=True) for g, enc in batch.encoded.items()}
             out = batch.forward(self.adapter, scale=w, raw=True)
-        else:
-            w = torch.ones((), device=self.adapter.device, requires_grad=True) if tv_on else None
+        elif mode == "loop":
+            w = torch.ones((), device=dev, requires_grad=True)
             out = batch.forward(self.adapter, scale=w)
-        labels = {g: enc.labels for g, enc in batch.encoded.items()}
-        in_states = None
-        risks: dict[str, list[torch.Tensor]] = {"IN": [], "SE": [], "OUT": [], "KEEP": []}
-        env_risks: list[torch.Tensor] = []
-        env_parts: list[list] = []  # each environment's (group, rows), aligned with env_risks
-        fits: list[float] = []  # target NLL of IN and SE environments (early-stop criterion)
-        by_env: dict[str, list] = {}
-        for er in batch.rows:
-            by_env.setdefault(er.env.name, []).append(er)
-        # IN first: its hidden states are the reference sample for every SE environment.
-        for name, parts in sorted(by_env.items(), key=lambda kv: kv[0] != "IN"):
-            kind = parts[0].env.kind
-            risk = torch.zeros((), device=self.adapter.device)
-            for er in parts:
-                hidden, logits = out[er.group]
-                lab = labels[er.group]
-                if kind == "OUT":
-                    pre = self._pre_logits(er.group, er.rows if orig is None else orig[er.group][er.rows],
-                                           logits.shape[1])
-                    k = losses.kl(logits[er.rows], pre, lab[er.rows],
-                                  cfg.kl_direction, cfg.kl_positions,
-                                  batch.encoded[er.group].inputs["attention_mask"][er.rows])
-                    risk = risk + cfg.w_loc * k.mean()
-                    continue
-                if kind == "KEEP":  # lifelong replay (PRODUCT): earlier edits keep their targets
-                    per = losses.nll(logits[er.rows], lab[er.rows], cfg.nll_reduction)
-                    fits.append(per.max().item())
-                    risk = risk + self.w_replay * per.mean()
-                    continue
-                n = losses.nll(logits[er.rows], lab[er.rows], cfg.nll_reduction).mean()
-                fits.append(n.item())
-                states = self._states(batch, hidden, er.group, er.rows)
-                if kind == "IN":
-                    in_states = states
-                    risk = risk + cfg.w_rel * n
+        else:
+            w = None
+            out = batch.forward(self.adapter)
+        bias = self.adapter.model.get_output_embeddings().bias if mode == "closed" else None
+        risks = torch.zeros(len(lay.envs), device=dev)
+        slopes = torch.zeros(len(lay.envs), device=dev) if mode == "closed" else None
+        fits: dict[str, torch.Tensor] = {}  # per IN / SE part its mean target NLL (the early-stop criterion)
+        keep_fits: list[torch.Tensor] = []  # per KEEP part its worst row's
+        for g, enc in batch.encoded.items():
+            logits = out[g][1]
+            u = None if mode != "closed" else (logits if bias is None else logits - bias.float())
+            if lay.nll_w[g] is not None:  # IN / SE / KEEP rows: target NLL
+                if u is None:
+                    per = losses.nll(logits, enc.labels, cfg.nll_reduction)
                 else:
-                    risk = risk + cfg.w_se_nll * n
-                    if cfg.w_gen and in_states is not None and len(states):
-                        risk = risk + cfg.w_gen * losses.mmd2(in_states, states, cfg.mmd_scales, cfg.mmd_bandwidth)
-            risks[kind].append(risk)
-            env_risks.append(risk)
-            env_parts.append(parts)
-        total = sum(torch.stack(v).mean() for v in risks.values() if v)
-        stats = {f"risk_{k.lower()}": torch.stack(v).mean().item() for k, v in risks.items() if v}
-        stats["fit"] = fits[0] if cfg.stop_on == "in" else max(fits)  # fits[0] is IN
-        if tv_on and len(env_risks) > 1:
-            penalty = self._risk_slopes(env_risks, env_parts, w).abs().mean().pow(2)
+                    per, sl = losses.nll_with_slope(logits, enc.labels, u, cfg.nll_reduction)
+                    slopes = slopes + lay.nll_w[g] @ sl
+                risks = risks + lay.nll_w[g] @ per
+                if lay.fit_w[g] is not None:
+                    fits[g] = lay.fit_w[g] @ per.detach()
+                keep_fits += [per[rows].detach().max() for rows in lay.keep_rows[g]]
+            if lay.out_rows[g] is not None:  # OUT rows: KL to the pre-edit distributions
+                r = lay.out_rows[g]
+                pre = self._pre_logits(g, r if orig is None else orig[g][r], logits.shape[1])
+                k, sl = losses.kl_with_slope(logits[r], pre, enc.labels[r], None if u is None else u[r],
+                                             cfg.kl_direction, cfg.kl_positions, enc.inputs["attention_mask"][r])
+                risks = risks + lay.kl_w[g] @ k
+                if sl is not None:
+                    slopes = slopes + lay.kl_w[g] @ sl
+        if cfg.w_gen and lay.in_index is not None and len(lay.in_index[1]) and lay.se_sizes:
+            # MMD samples: last hidden states at the answer (or prompt) positions; IN's first
+            states = {g: out[g][0][:, :-1][mask] for g, mask in lay.state_mask.items()}
+            g_in, i_in = lay.in_index
+            z = torch.cat([states[g_in][i_in]] + [states[g][i] for g, i in lay.se_index.items() if i is not None])
+            mmd = losses.mmd2_pooled(z, len(i_in), lay.se_sizes, cfg.mmd_scales, cfg.mmd_bandwidth)
+            risks = risks.index_add(0, lay.se_env, cfg.w_gen * mmd)
+        by_kind = lay.kind_mean @ risks
+        total = by_kind.sum()
+        stats = {f"risk_{k.lower()}": v for k, v in zip(lay.kinds, by_kind.detach().tolist())}
+        if cfg.stop_on == "in" and lay.in_fit is not None:
+            stats["fit"] = fits[lay.in_fit[0]][lay.in_fit[1]].item()
+        else:
+            stats["fit"] = torch.cat(list(fits.values()) + [f.reshape(1) for f in keep_fits]).max().item()
+        if mode is not None and len(lay.envs) > 1:
+            penalty = self._risk_slopes(mode, risks, slopes, lay, w).abs().mean().pow(2)
             if self._dual_pending:  # the risks now are those at phi^{k+1}: Eq. 13's dual step
                 self._dual_ascent(penalty.detach().item())
             lam = (self.lambda_net(self.params).detach().item()  # the primal step treats lambda as fixed
@@ -203,16 +304,17 @@ class ODEditObjective:
         return total, stats
 
     @staticmethod
-    def _risk_slopes(env_risks: list[torch.Tensor], env_parts: list[list],
-                     w: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
+    def _risk_slopes(mode: str, risks: torch.Tensor, slopes: torch.Tensor | None, lay: "_Layout",
+                     w: torch.Tensor | dict[str, torch.Tensor] | None) -> torch.Tensor:
         """dR_e/dw for every environment, differentiable (the penalty is trained through)."""
-        if not isinstance(w, dict):
-            return torch.stack([torch.autograd.grad(r, w, create_graph=True)[0] for r in env_risks])
+        if mode == "closed":
+            return slopes
+        if mode == "loop":
+            return torch.stack([torch.autograd.grad(r, w, create_graph=True)[0] for r in risks])
         groups = list(w)
-        grads = torch.autograd.grad(sum(env_risks), [w[g] for g in groups], create_graph=True, allow_unused=True)
-        by_group = {g: (gr if gr is not None else torch.zeros_like(w[g])).flatten()
-                    for g, gr in zip(groups, grads)}
-        return torch.stack([sum(by_group[er.group][er.rows].sum() for er in parts) for parts in env_parts])
+        grads = torch.autograd.grad(risks.sum(), [w[g] for g in groups], create_graph=True, allow_unused=True)
+        return sum(lay.member[g] @ (gr if gr is not None else torch.zeros_like(w[g])).flatten()
+                   for g, gr in zip(groups, grads))
 
     def _dual_ascent(self, penalty: float) -> None:
         """delta <- delta + gamma2 * grad_delta [lambda(delta, phi^{k+1}) * v], v = TV(phi^{k+1}) / level - 1

@@ -44,17 +44,18 @@ class PlainObjective:
         self.adapter, self.batch, self.w_replay = adapter, batch, w_replay
 
     def __call__(self):
-        out = {g: self.adapter.hidden_and_logits(enc)[1] for g, enc in self.batch.encoded.items()}
-        risk: dict[str, list[torch.Tensor]] = {}
-        for er in self.batch.rows:
-            enc = self.batch.encoded[er.group]
-            n = losses.nll(out[er.group][er.rows], enc.labels[er.rows])
-            risk.setdefault(er.env.kind, []).append(n)
-        fit = torch.cat(risk["IN"]).mean()
+        per: dict[str, list[torch.Tensor]] = {}
+        for g, enc in self.batch.encoded.items():  # one NLL over each group's rows, then each kind's
+            nll = losses.nll(self.adapter.hidden_and_logits(enc)[1], enc.labels)
+            for kind in ("IN", "KEEP"):
+                rows = [r for er in self.batch.rows if er.group == g and er.env.kind == kind for r in er.rows.tolist()]
+                if rows:
+                    per.setdefault(kind, []).append(nll[rows])
+        fit = torch.cat(per["IN"]).mean()
         loss = fit
         stats = {"fit": fit.item()}
-        if "KEEP" in risk:
-            keep = torch.cat(risk["KEEP"])
+        if "KEEP" in per:
+            keep = torch.cat(per["KEEP"])
             loss = loss + self.w_replay * keep.mean()
             stats["fit"] = max(stats["fit"], keep.max().item())
         return loss, stats
@@ -88,8 +89,10 @@ def optimise_edit(adapter: MLLMAdapter, envset: EnvironmentSet, config: EditConf
                          prefix_layer=editor.layer if config.base.cache_prefix else None)
         objective = (ODEditObjective(adapter, batch, params, config.odedit, config.seed, config.base.w_replay)
                      if config.uses_odedit else PlainObjective(adapter, batch, config.base.w_replay))
-        opt_cls = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}[config.base.optimizer]
-        opt = opt_cls(params, lr=config.base.lr)
+        if config.base.optimizer == "sgd":
+            opt = torch.optim.SGD(params, lr=config.base.lr, momentum=config.base.momentum)
+        else:
+            opt = torch.optim.Adam(params, lr=config.base.lr)
         history, stats, step_seconds = [], [], []
         steps = 0
         for steps in range(1, config.base.steps + 1):
