@@ -154,7 +154,7 @@ def run_edits(
             envset = build_environments(req, image_root, config.odedit, pool, seed=config.seed)
             edit_sample = envset.heldout.reliability[0]
             record.answer_before = adapter.answer(edit_sample.prompt, edit_sample.image)
-            before = evaluate.baseline(adapter, envset.heldout)
+            before = evaluate.baseline(adapter, envset.heldout, keep_encoded=True)
             record.pre = before.scores
             projection = bank.projector(subject_of(req), record.answer_before) if bank is not None else None
             soft = (bank.soft_metric(subject_of(req), record.answer_before, within=projection)

@@ -106,7 +106,8 @@ class KeyBank:
     Memory: one (in x in) covariance per set (hard, soft), whatever the number of facts; a
     fact's own covariance is recomputed from its few samples when an edit needs it left out
     (a forward up to the edited projection), not stored (a 7B `down_proj` has in = 11008: one
-    float64 covariance is ~1 GB, one per fact would not fit)."""
+    float64 covariance is ~1 GB, one per fact would not fit); only the fact of the edit at hand
+    keeps its covariances, from its projector to its landing."""
 
     def __init__(self, adapter: MLLMAdapter, module: torch.nn.Module, tol: float):
         self.adapter, self.module, self.tol = adapter, module, tol
@@ -114,6 +115,9 @@ class KeyBank:
         # index 0: the hard bank (projected out), 1: the soft set (shrunk along)
         self.facts: tuple[dict[tuple[str, str], list[Sample]], ...] = ({}, {})
         self.totals = (torch.zeros(n, n, dtype=torch.float64), torch.zeros(n, n, dtype=torch.float64))
+        # the covariances of the fact an edit is about, kept from its projector to its landing
+        # (projector, soft metric, forget each need them): at most one fact's, two matrices
+        self._recent: dict[tuple[int, tuple[str, str]], torch.Tensor | None] = {}
 
     def add(self, samples: Sequence[Sample], subjects: Sequence[str | None],
             soft: Sequence[bool] | None = None, cache: str | Path | None = None) -> None:
@@ -123,6 +127,7 @@ class KeyBank:
         keys of their first batch (so another model, or other weights below the edited
         projection, never hits), and read back instead of recomputed."""
         subjects, soft = list(subjects), [int(bool(x)) for x in (soft or [False] * len(samples))]
+        self._recent.clear()  # a fact's samples may change
         for i, s in enumerate(samples):
             self.facts[soft[i]].setdefault(fact_key(subjects[i], s.target), []).append(s)
         if not samples:
@@ -152,8 +157,13 @@ class KeyBank:
             tmp.replace(path)  # atomic: a reader never sees half a file
 
     def _fact_cov(self, j: int, subject: str | None, answer: str | None) -> torch.Tensor | None:
-        samples = self.facts[j].get(fact_key(subject, answer))
-        return key_covariance(self.adapter, self.module, samples) if samples else None
+        key = fact_key(subject, answer)
+        if (j, key) not in self._recent:
+            if any(k != key for _, k in self._recent):
+                self._recent.clear()
+            samples = self.facts[j].get(key)
+            self._recent[(j, key)] = key_covariance(self.adapter, self.module, samples) if samples else None
+        return self._recent[(j, key)]
 
     def forget(self, subject: str | None, answer: str | None) -> None:
         """Stop preserving a fact that was replaced on purpose (an edit changed that answer)."""
@@ -162,6 +172,7 @@ class KeyBank:
             if cov is not None:
                 total.sub_(cov)
                 del self.facts[j][fact_key(subject, answer)]
+        self._recent.clear()
 
     def _without(self, j: int, subject: str | None, answer: str | None) -> torch.Tensor:
         cov = self._fact_cov(j, subject, answer)
