@@ -91,7 +91,7 @@ class _Layout:
 
     KINDS = ("IN", "SE", "OUT", "KEEP")
 
-    def __init__(self, batch: EnvBatch, config: ODEditConfig, w_replay: float, device):
+    def __init__(self, batch: EnvBatch, config: ODEditConfig, w_replay: float, device, shared: dict):
         names = sorted({er.env.name for er in batch.rows}, key=lambda n: (n != "IN", n))
         index = {n: i for i, n in enumerate(names)}
         kind_of = {er.env.name: er.env.kind for er in batch.rows}
@@ -101,7 +101,9 @@ class _Layout:
         def tensor(rows):
             return torch.tensor(rows, dtype=torch.float32, device=device)
 
-        self.nll_w, self.kl_w, self.out_rows, self.member, self.fit_w = {}, {}, {}, {}, {}
+        self.device = device
+        self.nll_w, self.kl_w, self.out_rows, self.fit_w = {}, {}, {}, {}
+        self._member: dict[str, list] = {}
         self.keep_rows: dict[str, list[torch.Tensor]] = {}  # KEEP parts: their fit is the worst row's NLL
         self.in_fit: tuple[str, int] | None = None  # (group, row of fit_w) of IN's fit
         for g, enc in batch.encoded.items():
@@ -131,13 +133,20 @@ class _Layout:
             self.fit_w[g] = tensor(fit_w) if fit_w else None
             self.kl_w[g] = tensor(kl_w) if out else None
             self.out_rows[g] = torch.tensor(out, dtype=torch.long, device=device) if out else None
-            self.member[g] = tensor(member)
+            self._member[g] = member
         if config.w_gen:
             self._mmd_samples(batch, config, index, device)
         self.kinds = [k for k in self.KINDS if k in kind_of.values()]
-        kind_mean = [[float(kind_of[n] == k) for n in names] for k in self.kinds]
-        # G = the sum over kinds of the mean risk of that kind's environments
-        self.kind_mean = tensor([[v / sum(row) for v in row] for row in kind_mean])
+        # G = the sum over kinds of the mean risk of that kind's environments (the same every step)
+        kinds = tuple(kind_of[n] for n in names)
+        if kinds not in shared:
+            kind_mean = [[float(kind == k) for kind in kinds] for k in self.kinds]
+            shared[kinds] = tensor([[v / sum(row) for v in row] for row in kind_mean])
+        self.kind_mean = shared[kinds]
+
+    def member(self, group: str) -> torch.Tensor:
+        """[environments, rows] 1 where a row is the environment's (the "rows" slope mode's sum)."""
+        return torch.tensor(self._member[group], dtype=torch.float32, device=self.device)
 
     def _mmd_samples(self, batch: EnvBatch, config: ODEditConfig, index: dict, device) -> None:
         """Which last hidden states are MMD samples (answer positions, or real prompt tokens),
@@ -194,6 +203,7 @@ class ODEditObjective:
         self._dual_pending = False
         self._rng = self.row_rng(seed)
         self._full_layout = None
+        self._shared: dict = {}  # what every step's layout shares (its kinds' averaging matrix)
 
     @staticmethod
     def row_rng(seed: int) -> random.Random:
@@ -212,9 +222,9 @@ class ODEditObjective:
         """Where this step's environments sit in its rows (built once for the whole batch)."""
         if batch is self.batch:
             if self._full_layout is None:
-                self._full_layout = _Layout(batch, self.config, self.w_replay, self.adapter.device)
+                self._full_layout = _Layout(batch, self.config, self.w_replay, self.adapter.device, self._shared)
             return self._full_layout
-        return _Layout(batch, self.config, self.w_replay, self.adapter.device)
+        return _Layout(batch, self.config, self.w_replay, self.adapter.device, self._shared)
 
     def _pre_logits(self, group: str, rows: torch.Tensor, length: int) -> torch.Tensor:
         """Pre-edit logits of the OUT `rows` (rows of the whole batch), `length` positions."""
@@ -313,7 +323,7 @@ class ODEditObjective:
             return torch.stack([torch.autograd.grad(r, w, create_graph=True)[0] for r in risks])
         groups = list(w)
         grads = torch.autograd.grad(risks.sum(), [w[g] for g in groups], create_graph=True, allow_unused=True)
-        return sum(lay.member[g] @ (gr if gr is not None else torch.zeros_like(w[g])).flatten()
+        return sum(lay.member(g) @ (gr if gr is not None else torch.zeros_like(w[g])).flatten()
                    for g, gr in zip(groups, grads))
 
     def _dual_ascent(self, penalty: float) -> None:
