@@ -115,19 +115,28 @@ class EditConfig:
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if isinstance(self.base, dict):
-            self.base = BaseEditorConfig(**self.base)
-        if isinstance(self.odedit, dict):
-            self.odedit = ODEditConfig(**self.odedit)
+        # the fields a caller chose: those given in a dict; of a section given as an object, those
+        # off their defaults. A `*-lifelong` preset fills every other field, and only those.
+        self._given = {}
+        for name, cls in (("base", BaseEditorConfig), ("odedit", ODEditConfig)):
+            section = getattr(self, name)
+            if isinstance(section, dict):
+                setattr(self, name, cls(**section))
+                self._given[name] = set(section)
+            else:
+                self._given[name] = {f.name for f in fields(cls) if getattr(section, f.name) != getattr(cls(), f.name)}
         if self.lifelong:
-            defaults = BaseEditorConfig()
-            for key, value in LIFELONG_PRESET.items():
-                if getattr(self.base, key) == getattr(defaults, key):
-                    setattr(self.base, key, value)
-            odedit_defaults = ODEditConfig()
-            for key, value in LIFELONG_ODEDIT_PRESET.items():
-                if getattr(self.odedit, key) == getattr(odedit_defaults, key):
-                    setattr(self.odedit, key, value)
+            for name, preset in (("base", LIFELONG_PRESET), ("odedit", LIFELONG_ODEDIT_PRESET)):
+                for key, value in preset.items():
+                    if key not in self._given[name]:
+                        setattr(getattr(self, name), key, value)
+
+    def given(self) -> dict:
+        """The method, the seed and the fields the caller chose: what the config of another
+        method "with these settings" starts from (its own preset fills the rest)."""
+        return {"method": self.method, "seed": self.seed,
+                **{name: {k: getattr(getattr(self, name), k) for k in sorted(self._given[name])}
+                   for name in ("base", "odedit")}}
 
     @property
     def lifelong(self) -> bool:

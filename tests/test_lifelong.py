@@ -175,3 +175,20 @@ def test_key_cache_returns_the_same_bank_and_misses_for_other_weights(adapter, w
     finally:
         with torch.no_grad():
             below.copy_(saved)
+
+
+def test_an_explicit_choice_wins_over_the_preset_even_at_the_default_value():
+    """The lifelong preset fills the fields a caller did not choose: asking for the plain
+    default value (lr 1e-3, one row a step) is a choice too, and the bench grid's variants of a
+    lifelong method (`[+sample1]`) or a --config base keep theirs."""
+    from odedit.bench.grid import parse_method
+
+    mine = EditConfig(method="odedit-ft-l-lifelong", base={"lr": 1e-3}, odedit={"env_samples": 1})
+    assert mine.base.lr == 1e-3 and mine.odedit.env_samples == 1 and mine.base.steps == 200
+    assert EditConfig(method="odedit-ft-l-lifelong").odedit.env_samples == 0
+    assert parse_method("odedit-ft-l-lifelong[+sample1]").config(0).odedit.env_samples == 1
+    base = EditConfig.from_dict({"base": {"momentum": 0.5}})
+    cfg = parse_method("odedit-ft-l-lifelong").config(3, base)
+    assert (cfg.seed, cfg.base.momentum, cfg.base.lr, cfg.base.null_space) == (3, 0.5, 10.0, True)
+    again = EditConfig.from_dict(cfg.to_dict())  # a logged config read back is the same config
+    assert again == cfg

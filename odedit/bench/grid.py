@@ -51,7 +51,7 @@ class MethodSpec:
     def config(self, seed: int, base: EditConfig | None = None) -> EditConfig:
         """The EditConfig of this method at `seed` (starting from `base`'s hyperparameters)."""
         src = base or EditConfig()
-        data = src.to_dict()
+        data = src.given()  # what the caller chose; this method's preset (if any) fills the rest
         data.update(method=self.method if not self.is_icl else "ft-l", seed=seed)
         data["odedit"] = {**data["odedit"], **self.odedit_overrides}
         return EditConfig.from_dict(data)
