@@ -483,7 +483,8 @@ def perf(adapter: MLLMAdapter, requests: Sequence[EditRequest], image_root: Path
         fixed = spec.config(0, base)
         fixed.base.early_stop_loss, fixed.base.steps = None, fixed_steps
         step_s, setup_s, edit_s, edit_steps, n_samples = [], [], [], [], 0
-        fwd_mb, edit_mb, fwd_rss, edit_rss, same_ms, same_n = [], [], [], [], [], 0
+        fwd_mb, edit_mb, fwd_rss, edit_rss, same_n = [], [], [], [], 0
+        same_ms, same_ratio, paired_ms = [], [], []  # the paired step measurement (paired_step_ms)
         mem_cfg = spec.config(0, base)
         mem_cfg.base.early_stop_loss, mem_cfg.base.steps = None, 3
         for req in list(requests)[:repeats]:
@@ -515,9 +516,11 @@ def perf(adapter: MLLMAdapter, requests: Sequence[EditRequest], image_root: Path
             edit_s.append(o.seconds)
             edit_steps.append(o.steps)
             if cfg.uses_odedit:
-                ms, n = same_batch_step_ms(adapter, env, cfg, fixed_steps)
-                same_ms.append(ms)
-                same_n = n
+                paired = paired_step_ms(adapter, env, cfg, fixed_steps)
+                same_ms.append(paired["bare_ms"])
+                same_ratio.append(paired["ratio"])
+                paired_ms.append(paired["odedit_ms"])
+                same_n = paired["rows"]
         fm, em = statistics.fmean(fwd_mb), statistics.fmean(edit_mb)
         out.append(PerfResult(
             name, fixed_steps, 1000 * statistics.median(step_s), 1000 * statistics.fmean(step_s),
@@ -525,16 +528,19 @@ def perf(adapter: MLLMAdapter, requests: Sequence[EditRequest], image_root: Path
             fm, em, em / fm if fm > 0 else float("nan"), statistics.fmean(fwd_rss), statistics.fmean(edit_rss),
             n_samples,
             {"edit_s_all": edit_s, "edit_steps_all": edit_steps,
-             **({"ftl_same_batch_step_ms": statistics.median(same_ms), "same_batch_samples": same_n}
+             **({"ftl_same_batch_step_ms": statistics.median(same_ms), "same_batch_samples": same_n,
+                 "step_vs_bare": statistics.median(same_ratio), "paired_step_ms": statistics.median(paired_ms)}
                 if same_ms else {})}))
     return out
 
 
-def same_batch_step_ms(adapter: MLLMAdapter, env, cfg: EditConfig, steps: int) -> tuple[float, int]:
-    """(median ms, samples) of a bare FT-L step (target NLL, backward, Adam) on ODEdit's rows
-    (IN + SE + OUT; with stochastic environments, a draw of as many rows each step, as ODEdit's
-    step takes, the very rows it draws step by step): the forward/backward cost of those rows without ODEdit's terms, so ODEdit's
-    step over this isolates what the objective itself (MMD, KL, TV) adds."""
+def paired_step_ms(adapter: MLLMAdapter, env, cfg: EditConfig, steps: int) -> dict:
+    """ODEdit's step against a bare FT-L step (target NLL, backward, Adam) ON THE SAME ROWS, step
+    by step: each step draws ODEdit's rows (every row, or with stochastic environments its own
+    draw), then times ODEdit's step on them and a bare step on them, in alternating order. What
+    ODEdit's terms (MMD, KL, TV) add, with the cost of the rows taken out, and paired in time so
+    that the machine's speed drifting between two separate timings cannot pass for either.
+    Steps start past the TV warm-up. Returns medians of both and of the per-step ratio."""
     from odedit.editors.env_batch import EnvBatch
     from odedit.editors.odedit import ODEditObjective
     from odedit.editors.optimise import PlainObjective
@@ -544,23 +550,32 @@ def same_batch_step_ms(adapter: MLLMAdapter, env, cfg: EditConfig, steps: int) -
     try:
         batch = EnvBatch(adapter, env.train, with_eos=cfg.base.with_eos,
                          prefix_layer=editor.layer if cfg.base.cache_prefix else None)
-        k, rng = cfg.odedit.env_samples, ODEditObjective.row_rng(cfg.seed)  # ODEdit's own draws, step by step
-        sampled = k > 0 and batch.can_sample
-        opt = torch.optim.Adam(params, lr=cfg.base.lr)
-        times, n = [], sum(e.size for e in batch.encoded.values())
-        for _ in range(steps):
+        objective = ODEditObjective(adapter, batch, params, cfg.odedit, cfg.seed, cfg.base.w_replay)
+        objective.step_index = cfg.odedit.tv_warmup_steps
+        draw, view = objective._step_batch, None
+        objective._step_batch = lambda: view
+        opts = [torch.optim.Adam(params, lr=cfg.base.lr) for _ in range(2)]
+        times = ([], [])
+
+        def run(which):
             t = time.perf_counter()
-            view = batch.sample(k, rng, whole=("IN", "KEEP"))[0] if sampled else batch
-            objective = PlainObjective(adapter, view)
-            opt.zero_grad(set_to_none=True)
-            loss, _ = objective()
+            opts[which].zero_grad(set_to_none=True)
+            loss = (objective() if which == 0 else PlainObjective(adapter, view[0])())[0]
             loss.backward()
-            opt.step()
-            times.append(time.perf_counter() - t)
-            n = sum(e.size for e in view.encoded.values())
+            opts[which].step()
+            editor.after_step()
+            times[which].append(time.perf_counter() - t)
+
+        for i in range(steps + 1):
+            view = draw()
+            for which in ((0, 1) if i % 2 else (1, 0)):
+                run(which)
+        rows = sum(e.size for e in view[0].encoded.values())
     finally:
         editor.abort()  # restores the weight
-    return 1000 * statistics.median(times[1:] or times), n
+    odedit, bare = times[0][1:], times[1][1:]  # the first includes one-off allocations
+    return {"odedit_ms": 1000 * statistics.median(odedit), "bare_ms": 1000 * statistics.median(bare),
+            "ratio": statistics.median(o / b for o, b in zip(odedit, bare)), "rows": rows}
 
 
 def profile_edit(adapter: MLLMAdapter, request: EditRequest, image_root: Path, pool,

@@ -188,7 +188,7 @@ def markdown_table(header: list[str], body: list[list[str]]) -> str:
 def perf_rows(results: Sequence[PerfResult]) -> tuple[list[str], list[list[str]]]:
     ref = next((r for r in results if r.method == "ft-l"), results[0] if results else None)
     header = ["method", "samples/step", "step ms (median)", "step ratio vs ft-l",
-              "ft-l step on same batch", "setup s",
+              "paired: step vs bare ft-l step, same rows", "setup s",
               "edit s (default cfg)", "edit steps", "forward MB", "edit MB", "edit/forward mem",
               "RSS fwd/edit MB"]
     body = []
@@ -196,7 +196,8 @@ def perf_rows(results: Sequence[PerfResult]) -> tuple[list[str], list[list[str]]
         ratio = r.step_ms_median / ref.step_ms_median if ref and ref.step_ms_median else float("nan")
         same = r.extra.get("ftl_same_batch_step_ms")
         ratio_s = f"{ratio:.2f}x"
-        same_s = f"{same:.1f} ms -> {r.step_ms_median / same:.2f}x" if same else "-"
+        same_s = (f"{r.extra['paired_step_ms']:.1f} vs {same:.1f} ms -> {r.extra['step_vs_bare']:.2f}x"
+                  if same else "-")
         body.append([r.method, str(r.samples), f"{r.step_ms_median:.1f}", ratio_s, same_s, f"{r.setup_s:.2f}",
                      f"{r.edit_s:.2f}", str(r.edit_steps), f"{r.forward_mb:.1f}", f"{r.edit_mb:.1f}",
                      f"{r.mem_ratio:.2f}x", f"{r.forward_rss_mb:.1f} / {r.edit_rss_mb:.1f}"])

@@ -29,30 +29,37 @@ def _positions(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return t[:, :-1][mask]
 
 
-def _per_sample(tok: torch.Tensor, mask: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Token terms [N] (one per masked position, row-major) summed per sample [B], or averaged."""
+def _per_sample(mask: torch.Tensor, reduction: str = "mean"):
+    """A function taking token terms [N] (one per masked position of `mask` [B, T-1], row-major)
+    to per-sample sums [B], or averages ("mean"); made once for every term of the same mask."""
     rows = mask.nonzero()[:, 0]
-    total = torch.zeros(mask.shape[0], dtype=tok.dtype, device=tok.device).index_add(0, rows, tok)
-    return total if reduction == "sum" else total / mask.sum(dim=1).clamp(min=1).to(tok.dtype)
+    count = None if reduction == "sum" else mask.sum(dim=1).clamp(min=1)
+
+    def reduce(tok: torch.Tensor) -> torch.Tensor:
+        total = torch.zeros(mask.shape[0], dtype=tok.dtype, device=tok.device).index_add(0, rows, tok)
+        return total if count is None else total / count.to(tok.dtype)
+    return reduce
 
 
 def nll(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Per-sample -log p(target) under teacher forcing, mean or sum over target tokens."""
     mask = answer_mask(labels)
     tok = F.cross_entropy(_positions(logits, mask), labels[:, 1:][mask], reduction="none")
-    return _per_sample(tok, mask, reduction)
+    return _per_sample(mask, reduction)(tok)
 
 
-def nll_with_slope(logits: torch.Tensor, labels: torch.Tensor, u: torch.Tensor,
+def nll_with_slope(logits: torch.Tensor, labels: torch.Tensor, bias: torch.Tensor | None = None,
                    reduction: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
-    """(`nll`, its dR/dw per sample) for logits = w * u + b at w = 1 (module docstring)."""
+    """(`nll`, its dR/dw per sample) for logits = w * u + `bias` at w = 1 (module docstring)."""
     mask = answer_mask(labels)
     index = labels[:, 1:][mask].unsqueeze(-1)
-    logp = F.log_softmax(_positions(logits, mask), dim=-1)
-    u = _positions(u, mask)
+    z = _positions(logits, mask)
+    u = z if bias is None else z - bias
+    logp = F.log_softmax(z, dim=-1)
     tok = -logp.gather(-1, index).squeeze(-1)
     slope = (logp.exp() * u).sum(-1) - u.gather(-1, index).squeeze(-1)
-    return _per_sample(tok, mask, reduction), _per_sample(slope, mask, reduction)
+    reduce = _per_sample(mask, reduction)
+    return reduce(tok), reduce(slope)
 
 
 def kl(post_logits, pre_logits, labels, direction: str = "post_pre", positions: str = "answer",
@@ -61,33 +68,36 @@ def kl(post_logits, pre_logits, labels, direction: str = "post_pre", positions: 
     direction "post_pre" = KL(post || pre) as printed in the paper's Eq. 3. positions "answer":
     the positions predicting target tokens; "all": every REAL position (attention mask 1),
     never padding - the mask is required for "all"."""
-    return kl_with_slope(post_logits, pre_logits, labels, None, direction, positions, attention_mask)[0]
+    return kl_with_slope(post_logits, pre_logits, labels, direction, positions, attention_mask, slope=False)[0]
 
 
-def kl_with_slope(post_logits, pre_logits, labels, u: torch.Tensor | None, direction: str = "post_pre",
-                  positions: str = "answer", attention_mask: torch.Tensor | None = None):
-    """(`kl`, its dR/dw per sample for post_logits = w * u + b at w = 1; None without `u`)."""
+def kl_with_slope(post_logits, pre_logits, labels, direction: str = "post_pre", positions: str = "answer",
+                  attention_mask: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                  slope: bool = True):
+    """(`kl`, its dR/dw per sample for post_logits = w * u + `bias` at w = 1; None if not `slope`)."""
     if positions == "answer":
         mask = answer_mask(labels)
     else:  # every real (non-padding) position
         if attention_mask is None or attention_mask.shape[-1] != post_logits.shape[1]:
             raise ValueError("kl(positions='all') needs the attention mask of the logits' sequence")
         mask = attention_mask[:, :-1].to(post_logits.device).bool()
-    post = F.log_softmax(_positions(post_logits, mask), dim=-1)
+    z = _positions(post_logits, mask)
+    post = F.log_softmax(z, dim=-1)
     pre = F.log_softmax(_positions(pre_logits, mask), dim=-1)
     p = post.exp()
     if direction == "post_pre":
         per_pos = (p * (post - pre)).sum(-1)
     else:
         per_pos = (pre.exp() * (pre - post)).sum(-1)
-    if u is None:
-        return _per_sample(per_pos, mask), None
-    u = _positions(u, mask)
+    reduce = _per_sample(mask)
+    if not slope:
+        return reduce(per_pos), None
+    u = z if bias is None else z - bias
     if direction == "post_pre":
-        slope = (p * u * (post - pre - per_pos.unsqueeze(-1))).sum(-1)
+        d = (p * u * (post - pre - per_pos.unsqueeze(-1))).sum(-1)
     else:
-        slope = ((p - pre.exp()) * u).sum(-1)
-    return _per_sample(per_pos, mask), _per_sample(slope, mask)
+        d = ((p - pre.exp()) * u).sum(-1)
+    return reduce(per_pos), reduce(d)
 
 
 def mmd2(x: torch.Tensor, y: torch.Tensor, scales: int = 5, bandwidth: str = "differentiable") -> torch.Tensor:

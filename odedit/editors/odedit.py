@@ -263,18 +263,18 @@ class ODEditObjective:
             w = None
             out = batch.forward(self.adapter)
         bias = self.adapter.model.get_output_embeddings().bias if mode == "closed" else None
+        bias = None if bias is None else bias.detach().float()
         risks = torch.zeros(len(lay.envs), device=dev)
         slopes = torch.zeros(len(lay.envs), device=dev) if mode == "closed" else None
         fits: dict[str, torch.Tensor] = {}  # per IN / SE part its mean target NLL (the early-stop criterion)
         keep_fits: list[torch.Tensor] = []  # per KEEP part its worst row's
         for g, enc in batch.encoded.items():
             logits = out[g][1]
-            u = None if mode != "closed" else (logits if bias is None else logits - bias.float())
             if lay.nll_w[g] is not None:  # IN / SE / KEEP rows: target NLL
-                if u is None:
+                if mode != "closed":
                     per = losses.nll(logits, enc.labels, cfg.nll_reduction)
                 else:
-                    per, sl = losses.nll_with_slope(logits, enc.labels, u, cfg.nll_reduction)
+                    per, sl = losses.nll_with_slope(logits, enc.labels, bias, cfg.nll_reduction)
                     slopes = slopes + lay.nll_w[g] @ sl
                 risks = risks + lay.nll_w[g] @ per
                 if lay.fit_w[g] is not None:
@@ -283,8 +283,8 @@ class ODEditObjective:
             if lay.out_rows[g] is not None:  # OUT rows: KL to the pre-edit distributions
                 r = lay.out_rows[g]
                 pre = self._pre_logits(g, r if orig is None else orig[g][r], logits.shape[1])
-                k, sl = losses.kl_with_slope(logits[r], pre, enc.labels[r], None if u is None else u[r],
-                                             cfg.kl_direction, cfg.kl_positions, enc.inputs["attention_mask"][r])
+                k, sl = losses.kl_with_slope(logits[r], pre, enc.labels[r], cfg.kl_direction, cfg.kl_positions,
+                                             enc.inputs["attention_mask"][r], bias, slope=mode == "closed")
                 risks = risks + lay.kl_w[g] @ k
                 if sl is not None:
                     slopes = slopes + lay.kl_w[g] @ sl
