@@ -149,3 +149,29 @@ def test_perf_reports_each_cost_target_per_odedit_variant(adapter, world, tmp_pa
     for name in ("odedit-ft-l", "odedit-ft-l[+all]"):
         for target in ("(a) per edit", "(b) step", "(c) edit / plain forward"):
             assert f"{name}: {target}" in text
+
+
+def test_perf_batch_timing_reads_the_lifecycle_benchmark(tmp_path, monkeypatch):
+    """`bench --perf --batch-edits N` runs bench/bench_lifecycle.py (its own process, default
+    gate) and turns what it wrote into the (e) verdict line."""
+    import json
+    import subprocess
+
+    from odedit.cli import bench as cli_bench
+
+    seen = {}
+
+    def fake_run(cmd, **kwargs):
+        seen["cmd"] = cmd
+        out = cmd[cmd.index("--json") + 1]
+        json.dump({"wall_s": 201.4, "method": "odedit-ft-l-lifelong", "status": "registered",
+                   "rows": [{"phase": "edit optimisation (optimise_edit, sum of per-edit seconds)",
+                             "seconds": 150.0}]}, open(out, "w"))
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    line, got = cli_bench._time_batch(100, None, tmp_path)
+    assert seen["cmd"][1].endswith("bench/bench_lifecycle.py")
+    assert seen["cmd"][2:6] == ["--edits", "100", "--deployment", "default"]
+    assert "201 s wall, optimisation 150 s; target <= 180 s: NOT met" in line
+    assert got["wall_s"] == 201.4 and got["optimisation_s"] == 150.0

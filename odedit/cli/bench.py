@@ -32,6 +32,10 @@ def bench(
                                   "model, promote on pass), scored on the served champion after every batch."),
     batches: int = typer.Option(5, "--batches", help="--lifelong: number of batches."),
     batch_size: int = typer.Option(20, "--batch-size", help="--lifelong: edits per batch."),
+    batch_edits: int = typer.Option(0, "--batch-edits", help="--perf: also time an N-edit batch through the "
+                                    "edit-batch flow end to end (bench/bench_lifecycle.py: default method and "
+                                    "gate, a temporary MLflow + Prefect state), e.g. 100 (~8 min on 2 CPU cores); "
+                                    "0 = skip."),
     deployment: Optional[str] = typer.Option(None, "--deployment", help="--lifelong: gate section of "
                                              "configs/gate.yaml (default: the default gate; 'demo' is permissive)."),
     methods: Optional[str] = typer.Option(None, help="Comma-separated methods, e.g. "
@@ -153,6 +157,10 @@ def bench(
                       f"lifelong: key bank + projector): {key} {per_edit[key]:.2f} s vs odedit-ft-l[+all] "
                       f"{ref_s:.2f} s = {ratio:.2f}x (odedit-ft-l, stochastic environments: "
                       f"{per_edit['odedit-ft-l']:.2f} s); target <= 2x: {'met' if ratio <= 2 else 'NOT met'}")
+        if batch_edits > 0:
+            line, meta["batch"] = _time_batch(batch_edits, model, out)
+            notes += "\n" + line
+            meta["wall_s"] = round(time.perf_counter() - t0, 1)
         console.print(notes)
         _finish(out, [], meta, results, prof, mlflow, notes)
         return
@@ -275,6 +283,34 @@ def _split_methods(text: str) -> list[str]:
             cur += ch
     parts.append(cur)
     return [p.strip() for p in parts if p.strip()]
+
+
+def _time_batch(n: int, model: Optional[str], out: Path, target_s: float = 180.0) -> tuple[str, dict]:
+    """(e) of the Cost issue: an `n`-edit batch through the edit-batch flow end to end, timed by
+    bench/bench_lifecycle.py in a process of its own (it sets up a temporary state directory and
+    Prefect API, as a fresh deployment would); its verdict line and figures."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "bench" / "bench_lifecycle.py"
+    if not script.is_file():
+        return f"(e) {n}-edit batch: not timed ({script} is not there: it ships with the repository)", {}
+    path = out / "batch.json"
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, str(script), "--edits", str(n), "--deployment", "default", "--json", str(path)]
+    if model:
+        cmd += ["--model", model]
+    console.print(f"timing a {n}-edit batch end to end: {' '.join(cmd[1:])}")
+    if subprocess.run(cmd).returncode != 0 or not path.is_file():
+        return f"(e) {n}-edit batch: the timing run failed (see its output above)", {}
+    got = json.loads(path.read_text())
+    opt = next((r["seconds"] for r in got.get("rows", []) if r["phase"].startswith("edit optimisation")), None)
+    wall = got["wall_s"]
+    line = (f"(e) {n}-edit batch, edit-batch flow end to end ({got.get('method')}, default gate, status "
+            f"{got.get('status')}): {wall:.0f} s wall" + (f", optimisation {opt:.0f} s" if opt is not None else "")
+            + f"; target <= {target_s:.0f} s: {'met' if wall <= target_s else 'NOT met'}")
+    return line, {"edits": n, "wall_s": round(wall, 1), "optimisation_s": opt, "status": got.get("status"),
+                  "json": str(path)}
 
 
 def _perf_verdict(results) -> str:
