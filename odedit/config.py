@@ -124,7 +124,8 @@ class EditConfig:
                 setattr(self, name, cls(**section))
                 self._given[name] = set(section)
             else:
-                self._given[name] = {f.name for f in fields(cls) if getattr(section, f.name) != getattr(cls(), f.name)}
+                default = cls()
+                self._given[name] = {f.name for f in fields(cls) if getattr(section, f.name) != getattr(default, f.name)}
         if self.lifelong:
             for name, preset in (("base", LIFELONG_PRESET), ("odedit", LIFELONG_ODEDIT_PRESET)):
                 for key, value in preset.items():

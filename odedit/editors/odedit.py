@@ -7,8 +7,9 @@ G = R_rel(IN) + mean_SE R_gen + mean_OUT R_loc + lambda(delta, phi_e) * (mean_e 
           environment (PAPER Eq. 4-6), plus the target NLL on SE (w_se_nll, INFERRED)
   R_loc   KL(post || pre) on each OUT environment                        (PAPER Eq. 3)
   w       IRMv1-style dummy scalar multiplying the last hidden state before the LM head
-          (INFERRED placement), so every risk is a function of w; taken as one scale per row
-          (all 1) so that every dR_e/dw comes from one backward (same values, see `__call__`)
+          (INFERRED placement), so every risk is a function of w; every dR_e/dw is taken in
+          closed form from the logits, or from one backward with one scale per row (all 1):
+          the same values either way (`_slope_mode`)
   penalty total variation (TV-l1) of the environment risks w.r.t. w: (mean_e |dR_e/dw|)^2,
           taken ACROSS ENVIRONMENTS (PAPER Eq. 9, after IRM-TV, Lai & Wang 2024)
   lambda  a small network Linear-ReLU-Linear-Softplus over a count sketch of the edit's
