@@ -113,15 +113,19 @@ def current_answers(adapter: MLLMAdapter, requests: Sequence[EditRequest],
                     image_root: str | Path | None) -> list[Sample | None]:
     """Each request's own prompt + image with the model's current (greedy) answer: what the OUT
     pool and the preservation set of a non-world model are made of (compute once, pass to both).
-    A request the model cannot answer (unreadable image, a model-level error) is None here and
-    left out of both; its own edit records the error, the rest of the batch goes on."""
+    The answer is taken exactly as the edit takes its `answer_before` (same call, same length):
+    the edit of this request leaves out the fact (subject, that answer), so the two must match,
+    or the edit's own prompt stays preserved against it. A request the model gives no answer
+    (nothing to preserve), or cannot answer (unreadable image, a model-level error), is None here
+    and left out of both; its own edit records any error, the rest of the batch goes on."""
     from odedit.environments import load_image
 
     out: list[Sample | None] = []
     for req in requests:
         try:
             image = load_image(req.image, image_root)
-            out.append(Sample(req.src, adapter.answer(req.src, image, max_new_tokens=4) or req.alt, image))
+            answer = adapter.answer(req.src, image)
+            out.append(Sample(req.src, answer, image) if answer else None)
         except Exception:
             out.append(None)
     return out

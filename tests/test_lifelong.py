@@ -192,3 +192,20 @@ def test_an_explicit_choice_wins_over_the_preset_even_at_the_default_value():
     assert (cfg.seed, cfg.base.momentum, cfg.base.lr, cfg.base.null_space) == (3, 0.5, 10.0, True)
     again = EditConfig.from_dict(cfg.to_dict())  # a logged config read back is the same config
     assert again == cfg
+
+
+def test_current_answers_are_what_each_edit_replaces(adapter, world_requests, monkeypatch):
+    """A non-world model's preservation set and OUT pool hold the batch's prompts with the
+    model's current answers; each edit leaves out the fact (subject, its answer_before), so the
+    two must be taken alike. No answer: nothing to preserve (never the edit's own target, which
+    would preserve the very prompt the edit must change)."""
+    from odedit.pools import current_answers
+
+    root, requests = world_requests
+    cfg = EditConfig(method="odedit-ft-l-lifelong")
+    got = current_answers(adapter, requests[:2], root)
+    for req, sample in zip(requests[:2], got):
+        edit = build_environments(req, root, cfg.odedit, [], seed=0).heldout.reliability[0]
+        assert sample.target == adapter.answer(edit.prompt, edit.image)  # run_edits' answer_before
+    monkeypatch.setattr(adapter, "answer", lambda *a, **k: "")
+    assert current_answers(adapter, requests[:1], root) == [None]
