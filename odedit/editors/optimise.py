@@ -42,15 +42,18 @@ class PlainObjective:
 
     def __init__(self, adapter: MLLMAdapter, batch: EnvBatch, w_replay: float = 1.0):
         self.adapter, self.batch, self.w_replay = adapter, batch, w_replay
+        # each group's IN and KEEP rows (the batch is fixed for the objective's life)
+        self._rows = {(g, kind): rows for g in batch.encoded for kind in ("IN", "KEEP")
+                      if (rows := [r for er in batch.rows if er.group == g and er.env.kind == kind
+                                   for r in er.rows.tolist()])}
 
     def __call__(self):
         per: dict[str, list[torch.Tensor]] = {}
         for g, enc in self.batch.encoded.items():  # one NLL over each group's rows, then each kind's
             nll = losses.nll(self.adapter.hidden_and_logits(enc)[1], enc.labels)
             for kind in ("IN", "KEEP"):
-                rows = [r for er in self.batch.rows if er.group == g and er.env.kind == kind for r in er.rows.tolist()]
-                if rows:
-                    per.setdefault(kind, []).append(nll[rows])
+                if (g, kind) in self._rows:
+                    per.setdefault(kind, []).append(nll[self._rows[(g, kind)]])
         fit = torch.cat(per["IN"]).mean()
         loss = fit
         stats = {"fit": fit.item()}
