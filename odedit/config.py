@@ -50,6 +50,10 @@ class BaseEditorConfig:
     soft_phrasings: int = 0  # world models: training phrasings per text fact in the soft set
     soft_views: int = 0  # world models: training views per image fact in the soft set
     soft_decay: float = 0.0  # per-step shrink of the update along the soft set's keys
+    # "shrink": Delta <- Delta (I - soft_decay C) after each step; "gradient": the same pull as a
+    # gradient term, (soft_decay / lr) Delta C, so an optimiser with momentum carries it like the
+    # fit (the same fixed point, g + (soft_decay / lr) Delta C = 0, whatever the momentum). PRODUCT
+    soft_form: Literal["shrink", "gradient"] = "shrink"
 
 
 @dataclass

@@ -33,15 +33,20 @@ class BaseEditor(ABC):
         # what after_step maps the update's input side by: the null-space projector (nullspace.py),
         # with the soft shrink before it when there is one; None: unconstrained
         self.side: torch.Tensor | None = None
+        # soft_form "gradient": the soft metric C, whose pull (soft_decay / lr) Delta C joins the gradient
+        self.soft_pull: torch.Tensor | None = None
 
     def constrain_to(self, projection: torch.Tensor | None, soft_metric: torch.Tensor | None = None) -> None:
         """Keep every update in the row space `projection` (in x in) maps onto; None lifts it.
         `soft_metric` (in x in, norm 1): after each step the update is also shrunk by
-        `config.soft_decay` along it (before the projection, so the hard constraint holds)."""
+        `config.soft_decay` along it (before the projection, so the hard constraint holds), or, with
+        `soft_form` "gradient", pulled along it by a gradient term (`pull`)."""
         dev, dt = self.module.weight.device, self.module.weight.dtype
         proj = None if projection is None else projection.to(dev, dt)
-        self.side = proj
-        if soft_metric is not None and self.config.soft_decay > 0:
+        self.side, self.soft_pull = proj, None
+        if soft_metric is not None and self.config.soft_decay > 0 and self.config.soft_form == "gradient":
+            self.soft_pull = soft_metric.to(dev, dt)
+        elif soft_metric is not None and self.config.soft_decay > 0:
             eye = torch.eye(soft_metric.shape[0], dtype=soft_metric.dtype, device=soft_metric.device)
             shrink = (eye - self.config.soft_decay * soft_metric).to(dev, dt)
             # composed once here, not every step (an in x in product: ~1.3 TFLOP for a 7B down_proj)
@@ -56,6 +61,21 @@ class BaseEditor(ABC):
 
     def after_step(self) -> None:
         """Hook after each optimiser step (constraints)."""
+
+    def pulled(self) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
+        """(parameter, its update Delta) pairs the soft pull acts on (the input side of the change)."""
+        return []
+
+    def pull(self) -> None:
+        """Before each optimiser step (after backward): add (soft_decay / lr) Delta C to the
+        gradient of each `pulled` update, the soft shrink as a gradient term (`soft_form`)."""
+        if self.soft_pull is None:
+            return
+        rate = self.config.soft_decay / self.config.lr
+        with torch.no_grad():
+            for p, delta in self.pulled():
+                term = rate * (delta @ self.soft_pull)
+                p.grad = term if p.grad is None else p.grad.add_(term)
 
     @abstractmethod
     def end(self) -> None: ...

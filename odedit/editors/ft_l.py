@@ -16,6 +16,10 @@ class FTLEditor(BaseEditor):
         weight.requires_grad_(True)
         return [weight]
 
+    def pulled(self):
+        w = self.module.weight
+        return [(w, w.detach() - self._original)]
+
     def after_step(self) -> None:
         w = self.module.weight
         side = self.side

@@ -28,6 +28,9 @@ class LoRAEditor(BaseEditor):
             p.requires_grad_(True)
         return params
 
+    def pulled(self):
+        return [(p, p.detach()) for name, p in self._lora.named_parameters() if "lora_A" in name]
+
     def after_step(self) -> None:
         side = self.side
         if side is not None:  # Delta = B A: projecting A's input side projects Delta

@@ -107,6 +107,7 @@ def optimise_edit(adapter: MLLMAdapter, envset: EnvironmentSet, config: EditConf
             if not torch.isfinite(loss):
                 raise EditDiverged(f"non-finite loss at step {steps} (request {envset.request_id})")
             loss.backward()
+            editor.pull()
             opt.step()
             editor.after_step()
             objective.dual_step()
