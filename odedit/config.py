@@ -9,7 +9,7 @@ embedded model (see README "Benchmark").
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Literal
+from typing import Literal, get_args, get_origin, get_type_hints
 
 METHODS = ("ft-l", "lora", "odedit-ft-l", "odedit-lora", "ft-l-lifelong", "odedit-ft-l-lifelong")
 # `*-lifelong` methods: the same editor with the lifelong-editing options (PRODUCT, not the
@@ -109,6 +109,14 @@ class ODEditConfig:
     stop_on: Literal["all", "in"] = "all"  # early stop when every IN+SE NLL, or the IN NLL, is low (PRODUCT)
 
 
+def _check_choices(section) -> None:
+    """A clear error for a value outside a field's named choices (a Literal), not a silent default path."""
+    for name, hint in get_type_hints(type(section)).items():
+        if get_origin(hint) is Literal and getattr(section, name) not in get_args(hint):
+            raise ValueError(f"{type(section).__name__}.{name} = {getattr(section, name)!r}; "
+                             f"choose one of {', '.join(map(repr, get_args(hint)))}")
+
+
 @dataclass
 class EditConfig:
     method: str = "odedit-ft-l"
@@ -130,6 +138,8 @@ class EditConfig:
             else:
                 default = cls()
                 self._given[name] = {f.name for f in fields(cls) if getattr(section, f.name) != getattr(default, f.name)}
+        for name in ("base", "odedit"):
+            _check_choices(getattr(self, name))
         if self.lifelong:
             for name, preset in (("base", LIFELONG_PRESET), ("odedit", LIFELONG_ODEDIT_PRESET)):
                 for key, value in preset.items():

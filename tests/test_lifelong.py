@@ -3,6 +3,7 @@ embedded model. Behaviour: edits land, preserved knowledge answers as before."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from odedit import evaluate
@@ -118,14 +119,16 @@ def test_key_bank_leaves_out_exactly_the_replaced_fact(adapter, world):
     assert len(full.totals) == 2 and all(t.shape == (module.weight.shape[1],) * 2 for t in full.totals)
 
 
-def test_soft_preservation_steers_the_update_off_the_soft_keys(adapter, world, world_requests):
+@pytest.mark.parametrize("form", [{}, {"soft_form": "gradient"}])
+def test_soft_preservation_steers_the_update_off_the_soft_keys(adapter, world, world_requests, form):
     """With a soft set (more phrasings / views than the hard bank) and soft_decay > 0, an edit
-    still lands and its update carries less energy along the soft set's keys than without."""
+    still lands and its update carries less energy along the soft set's keys than without; as
+    a shrink after each step, or as a gradient term that momentum carries (`soft_form`)."""
     root, requests = world_requests
     req = requests[0]
     energy = {}
     for decay in (0.0, 0.05):
-        cfg = EditConfig.from_dict({"method": "ft-l-lifelong", "base": {"soft_decay": decay}})
+        cfg = EditConfig.from_dict({"method": "ft-l-lifelong", "base": {"soft_decay": decay, **form}})
         module = adapter.mlp_module(edited_layer(adapter, cfg.base), cfg.base.proj)
         bank = KeyBank(adapter, module, cfg.base.null_space_tol)
         hard = [k for k in world_preservation(world, 1, 1) if k.subject != req.subject]
@@ -209,3 +212,14 @@ def test_current_answers_are_what_each_edit_replaces(adapter, world_requests, mo
         assert sample.target == adapter.answer(edit.prompt, edit.image)  # run_edits' answer_before
     monkeypatch.setattr(adapter, "answer", lambda *a, **k: "")
     assert current_answers(adapter, requests[:1], root) == [None]
+
+
+def test_a_value_outside_a_fields_choices_is_a_clear_error():
+    """A misspelt choice (optimizer, soft_form, KL direction...) is refused by name, never run
+    down some default branch."""
+    for bad, field in (({"base": {"soft_form": "gradual"}}, "soft_form"),
+                       ({"base": {"optimizer": "SGD"}}, "optimizer"),
+                       ({"odedit": {"kl_direction": "forward"}}, "kl_direction")):
+        with pytest.raises(ValueError, match=field):
+            EditConfig.from_dict(bad)
+    assert EditConfig.from_dict({"base": {"soft_form": "gradient"}}).base.soft_form == "gradient"
