@@ -31,6 +31,11 @@ class BaseEditorConfig:
     momentum: float = 0.0  # SGD only: heavy-ball momentum (PRODUCT, cost: fewer steps to the same fit)
     steps: int = 100  # cap on optimisation steps per edit (TUNED; early stop usually ends at ~15-35)
     early_stop_loss: float | None = 0.5  # stop once the target NLL < 0.5, p > 0.6 (TUNED)
+    # stop once the fit has improved by less than stall_tol (relative) over the last stall_steps
+    # steps: an edit whose constraints hold its fit above early_stop_loss ends where it stalls,
+    # not at the step cap (PRODUCT, cost; 0 = off)
+    stall_steps: int = 0
+    stall_tol: float = 0.05
     norm_constraint: float | None = None  # FT-L: clamp |w - w0| elementwise (EasyEdit option)
     lora_rank: int = 4
     lora_alpha: float = 8.0

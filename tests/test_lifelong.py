@@ -223,3 +223,15 @@ def test_a_value_outside_a_fields_choices_is_a_clear_error():
         with pytest.raises(ValueError, match=field):
             EditConfig.from_dict(bad)
     assert EditConfig.from_dict({"base": {"soft_form": "gradient"}}).base.soft_form == "gradient"
+
+
+def test_an_edit_stops_where_its_fit_stalls():
+    """`stall_steps` / `stall_tol`: the loop ends once the fit improved by less than tol over the
+    window (an edit its constraints hold above early_stop_loss), never before the window is full."""
+    from odedit.editors.optimise import stalled
+
+    creeping = [{"fit": 1.5 * 0.999 ** i} for i in range(30)]  # 2 % over 20 steps
+    falling = [{"fit": 3.0 * 0.95 ** i} for i in range(30)]  # 64 % over 20 steps
+    assert stalled(creeping, 20, 0.05) and not stalled(falling, 20, 0.05)
+    assert not stalled(creeping[:20], 20, 0.05)  # the window is not full yet
+    assert not stalled(creeping, 0, 0.05)  # off

@@ -50,10 +50,21 @@ def batch_keys(adapter: MLLMAdapter, module: torch.nn.Module, samples: Sequence[
 
 def key_covariance(adapter: MLLMAdapter, module: torch.nn.Module, samples: Sequence[Sample]) -> torch.Tensor:
     """sum_k k k^T over the inputs of `module` at every real token position of `samples`."""
-    cov = torch.zeros(module.weight.shape[1], module.weight.shape[1], dtype=torch.float64)
-    for _, keys, _ in batch_keys(adapter, module, samples):
-        cov.add_(keys.T @ keys)
-    return cov
+    return key_covariances(adapter, module, samples, [0] * len(samples), 1)[0]
+
+
+def key_covariances(adapter: MLLMAdapter, module: torch.nn.Module, samples: Sequence[Sample],
+                    part: Sequence[int], parts: int) -> list[torch.Tensor]:
+    """One key covariance per part (`part[i]` is sample i's), from one pass over all samples."""
+    n = module.weight.shape[1]
+    covs = [torch.zeros(n, n, dtype=torch.float64) for _ in range(parts)]
+    for idx, keys, rows in batch_keys(adapter, module, samples):
+        which = torch.tensor([part[i] for i in idx])[rows]  # the part of each position's sample
+        for j, acc in enumerate(covs):
+            sel = keys if parts == 1 else keys[which == j]
+            if len(sel):
+                acc.add_(sel.T @ sel)  # one product per batch, not one per sample
+    return covs
 
 
 def null_projector(cov: torch.Tensor, tol: float) -> torch.Tensor:
@@ -158,11 +169,14 @@ class KeyBank:
 
     def _fact_cov(self, j: int, subject: str | None, answer: str | None) -> torch.Tensor | None:
         key = fact_key(subject, answer)
-        if (j, key) not in self._recent:
-            if any(k != key for _, k in self._recent):
-                self._recent.clear()
-            samples = self.facts[j].get(key)
-            self._recent[(j, key)] = key_covariance(self.adapter, self.module, samples) if samples else None
+        if (j, key) not in self._recent:  # both sets' covariances of the fact, from one pass
+            self._recent.clear()
+            mine = [self.facts[i].get(key) or [] for i in range(len(self.facts))]
+            samples = [s for ss in mine for s in ss]
+            covs = key_covariances(self.adapter, self.module, samples,
+                                   [i for i, ss in enumerate(mine) for _ in ss], len(mine)) if samples else []
+            for i, ss in enumerate(mine):
+                self._recent[(i, key)] = covs[i] if ss else None
         return self._recent[(j, key)]
 
     def forget(self, subject: str | None, answer: str | None) -> None:

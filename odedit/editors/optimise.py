@@ -67,6 +67,14 @@ class PlainObjective:
         pass
 
 
+def stalled(stats: Sequence[dict], window: int, tol: float) -> bool:
+    """The fit improved by less than `tol` (relative) over the last `window` steps (0: never)."""
+    if window <= 0 or len(stats) <= window:
+        return False
+    then, now = stats[-1 - window]["fit"], stats[-1]["fit"]
+    return now > (1.0 - tol) * then
+
+
 def optimise_edit(adapter: MLLMAdapter, envset: EnvironmentSet, config: EditConfig,
                   fault: str | None = None, keep: Sequence[Sample] = (),
                   projection: torch.Tensor | None = None, soft_metric: torch.Tensor | None = None) -> EditOutcome:
@@ -115,6 +123,8 @@ def optimise_edit(adapter: MLLMAdapter, envset: EnvironmentSet, config: EditConf
             stats.append(st)
             step_seconds.append(time.perf_counter() - t_step)
             if config.base.early_stop_loss is not None and st["fit"] < config.base.early_stop_loss:
+                break
+            if stalled(stats, config.base.stall_steps, config.base.stall_tol):
                 break
     except BaseException:
         editor.abort()
