@@ -7,7 +7,7 @@ from __future__ import annotations
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from odedit import evaluate
 from odedit.config import EditConfig
@@ -119,6 +119,7 @@ def run_edits(
     preserve: Sequence[Kept] = (),
     min_reliability: float | None = None,
     key_cache: str | Path | None = None,
+    baselines: Mapping[str, "evaluate.Baseline"] | None = None,
 ) -> EditRun:
     """Edit `adapter.model` with every request. Single mode leaves the model as it was;
     sequential mode leaves all successful edits applied (their deltas are in the run).
@@ -131,7 +132,11 @@ def run_edits(
     reliability right after optimisation is below it did not take; it is undone and recorded
     `unreached` (left out of the candidate, pending like a diverged one), not kept to fail the
     whole batch later. `key_cache`: a folder where the key covariance of the `stable` part of
-    `preserve` is kept between runs (`nullspace.KeyBank.add`)."""
+    `preserve` is kept between runs (`nullspace.KeyBank.add`). `baselines` (request id -> its
+    `evaluate.Baseline` before the whole run, the lifecycle's on the champion): an edit's `pre`
+    is that, and right after its optimisation only its reliability is scored (what
+    `min_reliability` needs), not every held-out probe on a model in between: the scores that
+    count are the final model's (PRODUCT, cost)."""
     run = EditRun(config, sequential)
     edited: list[Sample] = []
     kept = list(keep)
@@ -154,8 +159,9 @@ def run_edits(
             envset = build_environments(req, image_root, config.odedit, pool, seed=config.seed)
             edit_sample = envset.heldout.reliability[0]
             record.answer_before = adapter.answer(edit_sample.prompt, edit_sample.image)
-            before = evaluate.baseline(adapter, envset.heldout, keep_encoded=True)
-            record.pre = before.scores
+            given = (baselines or {}).get(req.id)
+            before = None if given is not None else evaluate.baseline(adapter, envset.heldout, keep_encoded=True)
+            record.pre = given.scores if given is not None else before.scores
             projection = bank.projector(subject_of(req), record.answer_before) if bank is not None else None
             soft = (bank.soft_metric(subject_of(req), record.answer_before, within=projection)
                     if bank is not None and config.base.soft_decay > 0 else None)
@@ -165,7 +171,8 @@ def run_edits(
             record.steps, record.seconds = outcome.steps, outcome.seconds
             record.trajectory = trajectory(outcome.losses, outcome.stats)
             record.delta_bytes = outcome.delta.nbytes
-            record.post = evaluate.score(adapter, envset.heldout, before)
+            record.post = (evaluate.score(adapter, envset.heldout, before) if before is not None
+                           else evaluate.reliability_only(adapter, envset.heldout, record.pre.rel_gen_scorer))
             record.answer_after = adapter.answer(edit_sample.prompt, edit_sample.image)
             rel = record.post.reliability
             if min_reliability is not None and (rel is None or rel < min_reliability):

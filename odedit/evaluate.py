@@ -77,6 +77,11 @@ def baseline(adapter: MLLMAdapter, held: HeldOut, rel_gen_scorer: str = "token_a
                     probe_logits(adapter, held.m_loc, enc.get("m_loc")), enc if keep_encoded else {})
 
 
+def reliability_only(adapter: MLLMAdapter, held: HeldOut, rel_gen_scorer: str = "token_acc") -> EditScores:
+    """Just the reliability of an edit (its own probe), the other scores None."""
+    return EditScores(reliability=accuracy(adapter, held.reliability, rel_gen_scorer), rel_gen_scorer=rel_gen_scorer)
+
+
 def _agreement(adapter: MLLMAdapter, samples: list[Sample], pre: ProbeLogits | None,
                k: int, exclude: Sequence[bool] | None = None,
                enc: Encoded | None = None) -> tuple[float | None, float | None]:

@@ -564,6 +564,8 @@ def paired_step_ms(adapter: MLLMAdapter, env, cfg: EditConfig, steps: int) -> di
             loss.backward()
             opts[which].step()
             editor.after_step()
+            if which == 0:
+                objective.dual_step()  # its dual ascent runs in the next step's objective, timed there
             times[which].append(time.perf_counter() - t)
 
         for i in range(steps + 1):

@@ -124,9 +124,11 @@ def _prior_support(prior: Sequence[EditRequest], prior_image_root: str | Path | 
 
 def _edit_loaded(adapter, base_model: str, champ, requests: Sequence[EditRequest], image_root, cfg: EditConfig,
                  out_dir: Path, fault, on_record, prior: Sequence[EditRequest], prior_root: str | Path | None,
-                 min_reliability: float | None = None) -> tuple:
+                 min_reliability: float | None = None, baselines=None) -> tuple:
     """Edit the loaded champion with `requests` in sequence, the champion ledger's live edits
-    (`prior`, images under `prior_root`) kept; write the composed and the batch delta."""
+    (`prior`, images under `prior_root`) kept; write the composed and the batch delta. With
+    `baselines` (the champion's, per request), each edit's `pre` is its baseline and only its
+    reliability is scored right after it (`run_edits`)."""
     from odedit.delta import Delta
     from odedit.editing import run_edits
     from odedit.lifecycle.models import resolve_base
@@ -143,7 +145,8 @@ def _edit_loaded(adapter, base_model: str, champ, requests: Sequence[EditRequest
     t1 = time.perf_counter()
     run = run_edits(adapter, requests, image_root, cfg, pool, sequential=True, on_record=on_record, fault=fault,
                     keep=_prior_samples(prior, prior_root), preserve=preserve, min_reliability=min_reliability,
-                    key_cache=state_dir() / "cache" / "keys" if cfg.base.null_space else None)
+                    key_cache=state_dir() / "cache" / "keys" if cfg.base.null_space else None,
+                    baselines=baselines)
     t_edit = time.perf_counter() - t1
     delta_dir = batch_dir = None
     ok = [r.request_id for r in run.records if r.status == "ok" and r.request_id in run.deltas]
@@ -240,7 +243,8 @@ def edit_and_gate(base_ref: str, champion_delta: str | Path | None, champion_led
     t_load = time.perf_counter() - t0
     run, delta_dir, batch_dir, t_edit = _edit_loaded(adapter, base_ref, champ, requests, image_root, cfg, out_dir,
                                                      fault, on_record, prior, prior_root,
-                                                     getattr(gate_cfg, "min_edit_reliability", None) or None)
+                                                     getattr(gate_cfg, "min_edit_reliability", None) or None,
+                                                     before)
     del adapter
     t2 = time.perf_counter()
     records = [r.to_dict() for r in run.records]
@@ -279,7 +283,8 @@ def edit_and_gate(base_ref: str, champion_delta: str | Path | None, champion_led
 
 
 def plot_before_after(records: list[dict], path: str | Path) -> Path:
-    """Grouped bars: mean of each held-out score before and after, over successful edits."""
+    """Grouped bars: mean of each held-out score before (the champion) and after (the final
+    model, as registered; right after each edit where no final scores exist), over successful edits."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -290,14 +295,15 @@ def plot_before_after(records: list[dict], path: str | Path) -> Path:
     ok = [r for r in records if r.get("status") == "ok"]
 
     def mean(side, name):
-        vals = [(r.get(side) or {}).get(name) for r in ok]
+        scores = [(r.get("final") or r.get("post") if side == "after" else r.get(side)) or {} for r in ok]
+        vals = [sc.get(name) for sc in scores]
         vals = [v for v in vals if v is not None]
         return sum(vals) / len(vals) if vals else 0.0
 
     fig, ax = plt.subplots(figsize=(7, 3.2))
     xs = range(len(SCORES))
     ax.bar([x - 0.2 for x in xs], [mean("pre", s) for s in SCORES], 0.4, label="before")
-    ax.bar([x + 0.2 for x in xs], [mean("post", s) for s in SCORES], 0.4, label="after")
+    ax.bar([x + 0.2 for x in xs], [mean("after", s) for s in SCORES], 0.4, label="after")
     ax.set_xticks(list(xs), [s.replace("_", "-") for s in SCORES])
     ax.set_ylim(0, 1.05)
     ax.set_title(f"held-out scores, {len(ok)} edit(s)")
