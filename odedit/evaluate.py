@@ -10,7 +10,7 @@ accuracy, or exact match with `rel_gen_scorer="exact_match"`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 
@@ -41,6 +41,44 @@ def probe_logits(adapter: MLLMAdapter, samples: list[Sample], enc: Encoded | Non
     return ProbeLogits(adapter.logits(enc).cpu(), enc.labels.cpu(), None if mask is None else mask.cpu())
 
 
+def _trim(pl: ProbeLogits, rows: list[int]) -> ProbeLogits:
+    """`rows` of a right-padded batch's logits, cut to the longest of them: exactly the shape the
+    rows have when encoded on their own (padding to the longest), whatever else shared the batch."""
+    labels = pl.labels[rows]
+    mask = pl.mask[rows] if pl.mask is not None else None
+    real = mask if mask is not None else (labels != -100)
+    length = int(real.any(dim=0).nonzero().max()) + 1
+    return ProbeLogits(pl.logits[rows][:, :length], labels[:, :length], None if mask is None else mask[:, :length])
+
+
+@torch.no_grad()
+def probe_logits_many(adapter: MLLMAdapter, sets: Sequence[list[Sample]], max_rows: int = 16) -> list[ProbeLogits | None]:
+    """`probe_logits` of each list of samples, the forwards shared: lists are packed whole into
+    batches of one modality of at most `max_rows` rows (a list larger than that is one batch), and
+    each list's logits are cut back to its own length (`_trim`). Speed only: the values are those
+    of each list on its own, up to float rounding of a different batch (right padding, causal)."""
+    out: list[ProbeLogits | None] = [None] * len(sets)
+    for has_image in (True, False):
+        members = [i for i, ss in enumerate(sets) if ss and (ss[0].image is not None) == has_image]
+        if any(any((x.image is not None) != has_image for x in sets[i]) for i in members):
+            raise ValueError("a probe list mixes image and text-only samples")
+        packs, cur = [], []
+        for i in members:
+            if cur and sum(len(sets[j]) for j in cur) + len(sets[i]) > max_rows:
+                packs.append(cur)
+                cur = []
+            cur.append(i)
+        if cur:
+            packs.append(cur)
+        for pack in packs:
+            pl = probe_logits(adapter, [x for i in pack for x in sets[i]])
+            start = 0
+            for i in pack:
+                out[i] = _trim(pl, list(range(start, start + len(sets[i]))))
+                start += len(sets[i])
+    return out
+
+
 def accuracy(adapter: MLLMAdapter, samples: list[Sample], scorer: str = "token_acc",
              enc: Encoded | None = None) -> float | None:
     pl = probe_logits(adapter, samples, enc)
@@ -63,18 +101,9 @@ def baseline(adapter: MLLMAdapter, held: HeldOut, rel_gen_scorer: str = "token_a
     encodings for `score` to reuse (the same probes, scored right after one edit); off where
     baselines of a whole batch are held at once (image encodings on the device add up)."""
     enc = {k: adapter.encode(getattr(held, k)) for k in HELD_KINDS if getattr(held, k)}
-    scores = EditScores(
-        reliability=accuracy(adapter, held.reliability, rel_gen_scorer, enc.get("reliability")),
-        t_generality=accuracy(adapter, held.t_gen, rel_gen_scorer, enc.get("t_gen")),
-        m_generality=accuracy(adapter, held.m_gen, rel_gen_scorer, enc.get("m_gen")),
-        t_locality=1.0 if held.t_loc else None,
-        m_locality=1.0 if held.m_loc else None,
-        t_locality_easyedit=1.0 if held.t_loc else None,
-        m_locality_easyedit=1.0 if held.m_loc else None,
-        rel_gen_scorer=rel_gen_scorer,
-    )
-    return Baseline(scores, probe_logits(adapter, held.t_loc, enc.get("t_loc")),
-                    probe_logits(adapter, held.m_loc, enc.get("m_loc")), enc if keep_encoded else {})
+    pl = {k: probe_logits(adapter, getattr(held, k), enc.get(k)) for k in HELD_KINDS}
+    return Baseline(_scores(held, pl, rel_gen_scorer, None, {}), pl["t_loc"], pl["m_loc"],
+                    enc if keep_encoded else {})
 
 
 def reliability_only(adapter: MLLMAdapter, held: HeldOut, rel_gen_scorer: str = "token_acc") -> EditScores:
@@ -82,13 +111,50 @@ def reliability_only(adapter: MLLMAdapter, held: HeldOut, rel_gen_scorer: str = 
     return EditScores(reliability=accuracy(adapter, held.reliability, rel_gen_scorer), rel_gen_scorer=rel_gen_scorer)
 
 
-def _agreement(adapter: MLLMAdapter, samples: list[Sample], pre: ProbeLogits | None,
-               k: int, exclude: Sequence[bool] | None = None,
-               enc: Encoded | None = None) -> tuple[float | None, float | None]:
-    """(protocol answer, protocol easyedit) locality of one probe kind, flagged probes left out."""
-    if pre is None:
+def baselines(adapter: MLLMAdapter, helds: Mapping[str, HeldOut], rel_gen_scorer: str = "token_acc",
+              max_rows: int = 16) -> dict[str, Baseline]:
+    """`baseline` of many held-out sets (key -> HeldOut), the forwards shared (`probe_logits_many`)."""
+    keys = list(helds)
+    logits = probe_logits_many(adapter, [getattr(helds[k], kind) for k in keys for kind in HELD_KINDS], max_rows)
+    out = {}
+    for n, k in enumerate(keys):
+        pl = dict(zip(HELD_KINDS, logits[n * len(HELD_KINDS):(n + 1) * len(HELD_KINDS)]))
+        out[k] = Baseline(_scores(helds[k], pl, rel_gen_scorer, None, {}), pl["t_loc"], pl["m_loc"])
+    return out
+
+
+def scores(adapter: MLLMAdapter, items: Mapping[str, tuple[HeldOut, Baseline]],
+           exclude: Mapping[str, dict[str, Sequence[bool]]] | None = None, max_rows: int = 16) -> dict[str, EditScores]:
+    """`score` of many edits (key -> (HeldOut, Baseline)), the forwards shared."""
+    keys = list(items)
+    logits = probe_logits_many(adapter, [getattr(items[k][0], kind) for k in keys for kind in HELD_KINDS], max_rows)
+    return {k: _scores(items[k][0], dict(zip(HELD_KINDS, logits[n * len(HELD_KINDS):(n + 1) * len(HELD_KINDS)])),
+                       items[k][1].scores.rel_gen_scorer, items[k][1], (exclude or {}).get(k) or {})
+            for n, k in enumerate(keys)}
+
+
+def _scores(held: HeldOut, pl: dict[str, ProbeLogits | None], scorer: str, before: Baseline | None,
+            exclude: Mapping[str, Sequence[bool]]) -> EditScores:
+    """The five scores from each probe kind's logits; `before` None: a baseline (locality 1)."""
+    def acc(kind):
+        return None if pl[kind] is None else float(SCORERS[scorer](pl[kind].logits, pl[kind].labels).mean())
+
+    if before is None:
+        t_ans = t_easy = 1.0 if held.t_loc else None
+        m_ans = m_easy = 1.0 if held.m_loc else None
+    else:
+        t_ans, t_easy = _agreement_of(before.t_loc, pl["t_loc"], T_LOC_K, exclude.get("t_loc"))
+        m_ans, m_easy = _agreement_of(before.m_loc, pl["m_loc"], M_LOC_K, exclude.get("m_loc"))
+    return EditScores(reliability=acc("reliability"), t_generality=acc("t_gen"), m_generality=acc("m_gen"),
+                      t_locality=t_ans, m_locality=m_ans, t_locality_easyedit=t_easy, m_locality_easyedit=m_easy,
+                      rel_gen_scorer=scorer)
+
+
+def _agreement_of(pre: ProbeLogits | None, post: ProbeLogits | None, k: int,
+                  exclude: Sequence[bool] | None) -> tuple[float | None, float | None]:
+    """(protocol answer, protocol easyedit) locality from pre- and post-edit logits, flagged probes left out."""
+    if pre is None or post is None:
         return None, None
-    post = probe_logits(adapter, samples, enc)
     answer = locality_answer_positions(pre.logits, post.logits, pre.labels, k)
     easy = locality_easyedit(pre.logits, post.logits, k, pre.mask, post.mask)
     if exclude is not None:
@@ -104,16 +170,5 @@ def score(adapter: MLLMAdapter, held: HeldOut, before: Baseline, rel_gen_scorer:
     """The five held-out scores after an edit. `exclude` ("t_loc" / "m_loc" -> one flag a
     probe) leaves flagged locality probes out of the means (probes whose change was intended:
     `odedit.lifecycle.final.intended_changes`); all left out -> None."""
-    scorer = rel_gen_scorer or before.scores.rel_gen_scorer
-    exclude = exclude or {}
-    enc = before.encoded
-    t_ans, t_easy = _agreement(adapter, held.t_loc, before.t_loc, T_LOC_K, exclude.get("t_loc"), enc.get("t_loc"))
-    m_ans, m_easy = _agreement(adapter, held.m_loc, before.m_loc, M_LOC_K, exclude.get("m_loc"), enc.get("m_loc"))
-    return EditScores(
-        reliability=accuracy(adapter, held.reliability, scorer, enc.get("reliability")),
-        t_generality=accuracy(adapter, held.t_gen, scorer, enc.get("t_gen")),
-        m_generality=accuracy(adapter, held.m_gen, scorer, enc.get("m_gen")),
-        t_locality=t_ans, m_locality=m_ans,
-        t_locality_easyedit=t_easy, m_locality_easyedit=m_easy,
-        rel_gen_scorer=scorer,
-    )
+    pl = {k: probe_logits(adapter, getattr(held, k), before.encoded.get(k)) for k in HELD_KINDS}
+    return _scores(held, pl, rel_gen_scorer or before.scores.rel_gen_scorer, before, exclude or {})

@@ -132,3 +132,33 @@ def test_edit_below_min_reliability_is_undone_and_marked_unreached(adapter, worl
     run = run_edits(adapter, requests[4:5], root, EditConfig(method="ft-l"), _pool(world), sequential=True,
                     min_reliability=0.5)
     assert run.records[0].status == "ok" and requests[4].id in run.deltas  # with the default steps it takes
+
+
+def test_scores_of_many_edits_share_forwards_and_equal_one_by_one(adapter, world, world_requests):
+    """The lifecycle scores a whole batch's held-out probes with shared forwards: every score
+    and every kept locality logit is what scoring each edit on its own gives (also after the
+    weights changed, and with flagged probes left out), whatever the packing."""
+    from odedit import evaluate
+    from odedit.metrics import SCORE_FIELDS
+
+    def nums(sc):
+        return {f: getattr(sc, f) for f in SCORE_FIELDS}
+
+    root, requests = world_requests
+    held = {r.id: build_environments(r, root, EditConfig().odedit, (), seed=0).heldout for r in requests[:5]}
+    one = {k: evaluate.baseline(adapter, h) for k, h in held.items()}
+    for max_rows in (4, 64):  # packs of one or two edits' probe lists, or all of them at once
+        many = evaluate.baselines(adapter, held, max_rows=max_rows)
+        for k in held:
+            assert nums(many[k].scores) == pytest.approx(nums(one[k].scores))
+            assert torch.allclose(many[k].m_loc.logits, one[k].m_loc.logits, atol=1e-5)
+    layer = adapter.mlp_module(2, "down_proj")
+    with torch.no_grad():
+        layer.weight.add_(0.05 * torch.randn_like(layer.weight))  # some other model
+    first = next(iter(held))
+    exclude = {first: {"m_loc": [True] + [False] * (len(held[first].m_loc) - 1)}}
+    got = evaluate.scores(adapter, {k: (h, one[k]) for k, h in held.items()}, exclude=exclude, max_rows=8)
+    for k, h in held.items():
+        want = evaluate.score(adapter, h, one[k], exclude=exclude.get(k))
+        assert nums(got[k]) == pytest.approx(nums(want)), k
+    assert any(got[k].m_locality < 1.0 for k in held)  # the change shows: the comparison is not vacuous

@@ -239,7 +239,7 @@ def edit_and_gate(base_ref: str, champion_delta: str | Path | None, champion_led
     if bounds_drift and not champion_delta:
         base_answers = champion_answers  # the champion is the base
     held = {r.id: build_environments(r, image_root, cfg.odedit, (), seed=cfg.seed).heldout for r in requests}
-    before = {rid: evaluate.baseline(adapter, h) for rid, h in held.items()}
+    before = evaluate.baselines(adapter, held)
     t_load = time.perf_counter() - t0
     run, delta_dir, batch_dir, t_edit = _edit_loaded(adapter, base_ref, champ, requests, image_root, cfg, out_dir,
                                                      fault, on_record, prior, prior_root,

@@ -139,9 +139,12 @@ def score_final(adapter, batch: Sequence[BatchItem], batch_image_root: str | Pat
 
     live = [item.entry for item in batch] + [e for e in prior if out.prior[e.request_hash]["status"] != "superseded"]
     exempt = {"t_loc": 0, "m_loc": 0}
+    flags_of = {item.entry.request_id: intended_changes(item, live) for item in batch}
+    scored = evaluate.scores(adapter, {item.entry.request_id: (item.heldout, item.before) for item in batch},
+                             exclude=flags_of)
     for item in batch:
-        flags = intended_changes(item, live)
-        s = evaluate.score(adapter, item.heldout, item.before, exclude=flags).to_dict()
+        flags = flags_of[item.entry.request_id]
+        s = scored[item.entry.request_id].to_dict()
         s["intended_locality_changes"] = {k: sum(v) for k, v in flags.items()}
         for k, v in flags.items():
             exempt[k] += sum(v)
