@@ -56,3 +56,17 @@ def test_greedy_answer_is_one_world_word(adapter, world):
     answers = [adapter.answer(prompt, world.render(ent, v), max_new_tokens=3) for v in world.train_views[:4]]
     vocab = set(world.corpus())
     assert all(a in vocab for a in answers)  # one in-vocabulary word each
+
+
+def test_answers_in_batches_are_the_answers_one_at_a_time(adapter, world, tmp_path):
+    """The regression probes are answered in left-padded batches: every answer is the one the
+    probe gets asked alone (images and text-only questions mixed, a batch smaller than the set)."""
+    from odedit.environments import load_image
+    from odedit.lifecycle.gate import world_probes
+
+    probes = world_probes(world, tmp_path)[:40]
+    items = [(p.prompt, load_image(p.image, tmp_path) if p.image else None) for p in probes]
+    assert {im is None for _, im in items} == {True, False}
+    alone = [adapter.answer(q, im, max_new_tokens=4) for q, im in items]
+    assert adapter.answers(items, max_new_tokens=4, batch_size=7) == alone
+    assert len(set(alone)) > 5  # real answers, not one repeated string

@@ -93,8 +93,9 @@ def base_probe_answers(base_ref: str, probes: Sequence[Probe], image_dir: str | 
 def probe_answers(adapter, probes: Sequence[Probe], image_dir: str | Path | None) -> dict[str, str]:
     from odedit.environments import load_image
 
-    return {p.id: adapter.answer(p.prompt, load_image(p.image, image_dir) if p.image else None, max_new_tokens=4)
-            for p in probes}
+    got = adapter.answers([(p.prompt, load_image(p.image, image_dir) if p.image else None) for p in probes],
+                          max_new_tokens=4)
+    return {p.id: a for p, a in zip(probes, got)}
 
 
 def _prior_samples(prior: Sequence[EditRequest], prior_image_root: str | Path | None) -> list:

@@ -118,12 +118,18 @@ def score_final(adapter, batch: Sequence[BatchItem], batch_image_root: str | Pat
     champion ledger in order (oldest first)."""
     from odedit import evaluate
     from odedit.lifecycle.batch import probe_answers
+    from odedit.metrics import token_accuracy
+    from odedit.models.adapter import Sample
 
     out = FinalScores()
     later_all = list(prior) + [item.entry for item in batch]
+    images = [_entry_image(e, prior_image_root) for e in prior]
+    # every earlier edit's own probe, the forwards shared (as answers_with, one at a time)
+    held = evaluate.probe_logits_many(adapter, [[Sample(e.request["src"], e.target, img)]
+                                                for e, img in zip(prior, images)])
+    rels = [None if pl is None else float(token_accuracy(pl.logits, pl.labels).mean()) for pl in held]
     for i, e in enumerate(prior):
-        img = _entry_image(e, prior_image_root)
-        rel = answers_with(adapter, e.request["src"], img, e.target)
+        img, rel = images[i], rels[i]
         # superseded once, superseded for good: a later edit replaced that fact on purpose, so
         # what its prompt answers now is that later edit's business, not a lost edit
         superseded_by = (e.scores or {}).get("superseded_by") or "earlier batch" if e.status == "superseded" else None

@@ -323,19 +323,30 @@ class MLLMAdapter:
     def logits(self, enc: Encoded) -> torch.Tensor:
         return self.hidden_and_logits(enc)[1]
 
-    @torch.no_grad()
     def answer(self, prompt: str, image: Image.Image | None = None, max_new_tokens: int = 8) -> str:
         """Greedy answer to one prompt (decoded new tokens, special tokens stripped)."""
-        text = self.format_prompt(prompt, image is not None)
-        inputs = self._to_device(self._tokenise([text], None if image is None else [image.convert("RGB")],
-                                                padding_side="left"))
-        module, inputs = self._route(inputs)
-        out = module.generate(
-            **inputs, max_new_tokens=max_new_tokens, do_sample=False,
-            pad_token_id=self.tokenizer.pad_token_id,
-        )
-        new = out[0, inputs["input_ids"].shape[1]:]
-        return self.tokenizer.decode(new, skip_special_tokens=True).strip()
+        return self.answers([(prompt, image)], max_new_tokens)[0]
+
+    @torch.no_grad()
+    def answers(self, items: Sequence[tuple[str, Image.Image | None]], max_new_tokens: int = 8,
+                batch_size: int = 16) -> list[str]:
+        """Greedy answers to many (prompt, image or None), generated in left-padded batches of one
+        modality (speed only: each row attends to its own tokens, as when asked alone)."""
+        out: list[str] = [""] * len(items)
+        for has_image in (True, False):
+            idx = [i for i, (_, im) in enumerate(items) if (im is not None) == has_image]
+            for start in range(0, len(idx), batch_size):
+                part = idx[start:start + batch_size]
+                texts = [self.format_prompt(items[i][0], has_image) for i in part]
+                images = [items[i][1].convert("RGB") for i in part] if has_image else None
+                inputs = self._to_device(self._tokenise(texts, images, padding_side="left"))
+                module, inputs = self._route(inputs)
+                gen = module.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                      pad_token_id=self.tokenizer.pad_token_id)
+                new = gen[:, inputs["input_ids"].shape[1]:]
+                for row, i in enumerate(part):
+                    out[i] = self.tokenizer.decode(new[row], skip_special_tokens=True).strip()
+        return out
 
     # ------------------------------------------------------------------ editable modules
     def decoder_layers(self) -> torch.nn.ModuleList:
