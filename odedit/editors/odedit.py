@@ -294,7 +294,9 @@ class ODEditObjective:
             states = {g: out[g][0][:, :-1][mask] for g, mask in lay.state_mask.items()}
             g_in, i_in = lay.in_index
             z = torch.cat([states[g_in][i_in]] + [states[g][i] for g, i in lay.se_index.items() if i is not None])
-            mmd = losses.mmd2_pooled(z, len(i_in), lay.se_sizes, cfg.mmd_scales, cfg.mmd_bandwidth)
+            # differentiated once (the penalty's own grads never pass through it, bar "loop")
+            mmd = losses.mmd2_pooled(z, len(i_in), lay.se_sizes, cfg.mmd_scales, cfg.mmd_bandwidth,
+                                     once=mode != "loop")
             risks = risks.index_add(0, lay.se_env, cfg.w_gen * mmd)
         by_kind = lay.kind_mean @ risks
         total = by_kind.sum()
