@@ -111,26 +111,27 @@ def reliability_only(adapter: MLLMAdapter, held: HeldOut, rel_gen_scorer: str = 
     return EditScores(reliability=accuracy(adapter, held.reliability, rel_gen_scorer), rel_gen_scorer=rel_gen_scorer)
 
 
+def _kind_logits(adapter: MLLMAdapter, helds: Sequence[HeldOut], max_rows: int) -> list[dict[str, ProbeLogits | None]]:
+    """Each held-out set's logits per probe kind, the forwards shared (`probe_logits_many`)."""
+    flat = probe_logits_many(adapter, [getattr(h, kind) for h in helds for kind in HELD_KINDS], max_rows)
+    n = len(HELD_KINDS)
+    return [dict(zip(HELD_KINDS, flat[i * n:(i + 1) * n])) for i in range(len(helds))]
+
+
 def baselines(adapter: MLLMAdapter, helds: Mapping[str, HeldOut], rel_gen_scorer: str = "token_acc",
               max_rows: int = 16) -> dict[str, Baseline]:
-    """`baseline` of many held-out sets (key -> HeldOut), the forwards shared (`probe_logits_many`)."""
-    keys = list(helds)
-    logits = probe_logits_many(adapter, [getattr(helds[k], kind) for k in keys for kind in HELD_KINDS], max_rows)
-    out = {}
-    for n, k in enumerate(keys):
-        pl = dict(zip(HELD_KINDS, logits[n * len(HELD_KINDS):(n + 1) * len(HELD_KINDS)]))
-        out[k] = Baseline(_scores(helds[k], pl, rel_gen_scorer, None, {}), pl["t_loc"], pl["m_loc"])
-    return out
+    """`baseline` of many held-out sets (key -> HeldOut), the forwards shared."""
+    got = _kind_logits(adapter, list(helds.values()), max_rows)
+    return {k: Baseline(_scores(h, pl, rel_gen_scorer, None, {}), pl["t_loc"], pl["m_loc"])
+            for (k, h), pl in zip(helds.items(), got)}
 
 
 def scores(adapter: MLLMAdapter, items: Mapping[str, tuple[HeldOut, Baseline]],
            exclude: Mapping[str, dict[str, Sequence[bool]]] | None = None, max_rows: int = 16) -> dict[str, EditScores]:
     """`score` of many edits (key -> (HeldOut, Baseline)), the forwards shared."""
-    keys = list(items)
-    logits = probe_logits_many(adapter, [getattr(items[k][0], kind) for k in keys for kind in HELD_KINDS], max_rows)
-    return {k: _scores(items[k][0], dict(zip(HELD_KINDS, logits[n * len(HELD_KINDS):(n + 1) * len(HELD_KINDS)])),
-                       items[k][1].scores.rel_gen_scorer, items[k][1], (exclude or {}).get(k) or {})
-            for n, k in enumerate(keys)}
+    got = _kind_logits(adapter, [h for h, _ in items.values()], max_rows)
+    return {k: _scores(h, pl, before.scores.rel_gen_scorer, before, (exclude or {}).get(k) or {})
+            for (k, (h, before)), pl in zip(items.items(), got)}
 
 
 def _scores(held: HeldOut, pl: dict[str, ProbeLogits | None], scorer: str, before: Baseline | None,
