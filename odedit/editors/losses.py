@@ -84,8 +84,8 @@ def kl_with_slope(post_logits, pre_logits, labels, direction: str = "post_pre", 
             raise ValueError("kl(positions='all') needs the attention mask of the logits' sequence")
         mask = attention_mask[:, :-1].to(post_logits.device).bool()
     z = _positions(post_logits, mask)
-    pre = F.log_softmax(_positions(pre_logits, mask), dim=-1)
     post = F.log_softmax(z, dim=-1)
+    pre = F.log_softmax(_positions(pre_logits, mask), dim=-1)
     p = post.exp()
     if direction == "post_pre":
         per_pos = (p * (post - pre)).sum(-1)
