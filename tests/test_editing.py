@@ -154,7 +154,8 @@ def test_scores_of_many_edits_share_forwards_and_equal_one_by_one(adapter, world
             assert torch.allclose(many[k].m_loc.logits, one[k].m_loc.logits, atol=1e-5)
     layer = adapter.mlp_module(2, "down_proj")
     with torch.no_grad():
-        layer.weight.add_(0.05 * torch.randn_like(layer.weight))  # some other model
+        gen = torch.Generator().manual_seed(0)
+        layer.weight.add_(0.3 * torch.randn(layer.weight.shape, generator=gen))  # some other model
     first = next(iter(held))
     exclude = {first: {"m_loc": [True] + [False] * (len(held[first].m_loc) - 1)}}
     got = evaluate.scores(adapter, {k: (h, one[k]) for k, h in held.items()}, exclude=exclude, max_rows=8)

@@ -125,9 +125,9 @@ def score_final(adapter, batch: Sequence[BatchItem], batch_image_root: str | Pat
     later_all = list(prior) + [item.entry for item in batch]
     images = [_entry_image(e, prior_image_root) for e in prior]
     # every earlier edit's own probe, the forwards shared (as answers_with, one at a time)
-    held = evaluate.probe_logits_many(adapter, [[Sample(e.request["src"], e.target, img)]
-                                                for e, img in zip(prior, images)])
-    rels = [None if pl is None else float(token_accuracy(pl.logits, pl.labels).mean()) for pl in held]
+    rels = evaluate.probe_logits_many(adapter, [[Sample(e.request["src"], e.target, img)]
+                                                for e, img in zip(prior, images)],
+                                      use=lambda _, pl: float(token_accuracy(pl.logits, pl.labels).mean()))
     for i, e in enumerate(prior):
         img, rel = images[i], rels[i]
         # superseded once, superseded for good: a later edit replaced that fact on purpose, so
