@@ -57,7 +57,8 @@ class BaseEditorConfig:
     soft_decay: float = 0.0  # per-step shrink of the update along the soft set's keys
     # "shrink": Delta <- Delta (I - soft_decay C) after each step; "gradient": the same pull as a
     # gradient term, (soft_decay / lr) Delta C, so an optimiser with momentum carries it like the
-    # fit (the same fixed point, g + (soft_decay / lr) Delta C = 0, whatever the momentum). PRODUCT
+    # fit (the same fixed point, g + (soft_decay / lr) Delta C = 0, whatever the momentum; meant
+    # for SGD: Adam rescales it per element like any gradient). PRODUCT
     soft_form: Literal["shrink", "gradient"] = "shrink"
 
 
