@@ -119,6 +119,17 @@ def test_family_loads_encodes_one_bos_and_caches_exactly(family, family_adapter)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_family_answers_in_batches_as_one_at_a_time(family, family_adapter):
+    """Regression probes are answered in left-padded batches (`MLLMAdapter.answers`): in every
+    family each answer is the one its question gets alone, prompts of different lengths mixed."""
+    adapter = family_adapter(family)
+    items = [("what colour is this thing ?", _image(0)), ("what animal is in the picture here today ?", _image(1)),
+             ("what shape ?", _image(2)), ("where does the dog live ?", None), ("what is the capital city of it ?", None)]
+    alone = [adapter.answer(q, im, max_new_tokens=4) for q, im in items]
+    assert adapter.answers(items, max_new_tokens=4) == alone, family
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_family_validates_with_real_image_token_count(family, family_dir, family_adapter, family_batch, tmp_path):
     from odedit.models.adapter import Sample
     from odedit.requests import ValidationLimits, validate_batch

@@ -331,7 +331,10 @@ class MLLMAdapter:
     def answers(self, items: Sequence[tuple[str, Image.Image | None]], max_new_tokens: int = 8,
                 batch_size: int = 16) -> list[str]:
         """Greedy answers to many (prompt, image or None), generated in left-padded batches of one
-        modality (speed only: each row attends to its own tokens, as when asked alone)."""
+        modality (speed only: each row attends to its own tokens, as when asked alone; one at a
+        time where the family's `batch_generation` says a padded batch decodes otherwise)."""
+        if not self.family.batch_generation:
+            batch_size = 1
         out: list[str] = [""] * len(items)
         for has_image in (True, False):
             idx = [i for i, (_, im) in enumerate(items) if (im is not None) == has_image]

@@ -5,8 +5,9 @@ other type): where the decoder layers and the edited MLP projections are, how im
 image placeholders reach the processor, how labels are built, where the BOS token comes
 from, whether the prefix cache applies, how text-only inputs run, and whether the processor
 must be built from its image processor + tokenizer (families whose processor only needs
-torchvision for video). `odedit.models.adapter.MLLMAdapter` reads these facts; it has no
-per-family branches of its own. How each family was tested: README, "Supported model families".
+torchvision for video), and whether prompts can be answered in one padded batch.
+`odedit.models.adapter.MLLMAdapter` reads these facts; it has no per-family branches of its own.
+How each family was tested: README, "Supported model families".
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ class Family:
     # AutoProcessor needs torchvision only for the video processor: build the processor from
     # its image processor + tokenizer when AutoProcessor cannot load
     video_needs_torchvision: bool = False
+    # greedy generation of many prompts in one left-padded batch gives each the answer it gets
+    # alone (tested per family); False: `answers` asks one prompt at a time (PaliGemma's
+    # text-only prompts decode otherwise when padded)
+    batch_generation: bool = True
 
 
 _LLAVA = dict(prefix_cache=True)
@@ -63,7 +68,7 @@ FAMILIES: dict[str, Family] = {
     "idefics3": Family("Idefics3", **_IDEFICS),
     "smolvlm": Family("SmolVLM", bos="template", video_needs_torchvision=True, **_IDEFICS),
     "paligemma": Family("PaliGemma", placeholder_format="{image}{prompt}", labels="suffix", bos="processor",
-                        text_only="tokenizer", text_layout="{bos}{prompt}\n"),
+                        text_only="tokenizer", text_layout="{bos}{prompt}\n", batch_generation=False),
     "gemma3": Family("Gemma3", nested_images=True),
     "blip-2": Family("BLIP-2", **_BLIP),
     "instructblip": Family("InstructBLIP", **_BLIP),
