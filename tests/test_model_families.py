@@ -130,6 +130,24 @@ def test_family_answers_in_batches_as_one_at_a_time(family, family_adapter):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_family_probe_lists_share_forwards_exactly(family, family_adapter):
+    """A batch's probe lists are scored with shared forwards (`evaluate.probe_logits_many`): in
+    every family each list's logits are the ones it gets on its own (right padding)."""
+    from odedit import evaluate
+    from odedit.models.adapter import Sample
+
+    adapter = family_adapter(family)
+    sets = [[Sample("what colour is this thing ?", "purple", _image(0))],
+            [Sample("what animal is in the picture here today ?", "horse dog", _image(1)),
+             Sample("what shape ?", "star", _image(2))],
+            [Sample("where does the dog live ?", "rome")], [Sample("what is the capital city of it ?", "oslo")]]
+    shared = evaluate.probe_logits_many(adapter, sets, max_rows=8)
+    for alone, got in zip((evaluate.probe_logits(adapter, ss) for ss in sets), shared):
+        assert got.logits.shape == alone.logits.shape and torch.equal(got.labels, alone.labels), family
+        assert torch.allclose(got.logits, alone.logits, atol=1e-4), (family, (got.logits - alone.logits).abs().max())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_family_validates_with_real_image_token_count(family, family_dir, family_adapter, family_batch, tmp_path):
     from odedit.models.adapter import Sample
     from odedit.requests import ValidationLimits, validate_batch
