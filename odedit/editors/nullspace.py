@@ -59,12 +59,17 @@ def key_covariances(adapter: MLLMAdapter, module: torch.nn.Module, samples: Sequ
     n = module.weight.shape[1]
     covs = [torch.zeros(n, n, dtype=torch.float64) for _ in range(parts)]
     for idx, keys, rows in batch_keys(adapter, module, samples):
-        which = torch.tensor([part[i] for i in idx])[rows]  # the part of each position's sample
-        for j, acc in enumerate(covs):
-            sel = keys if parts == 1 else keys[which == j]
-            if len(sel):
-                acc.add_(sel.T @ sel)  # one product per batch, not one per sample
+        _add_by_part(covs, keys, torch.tensor([part[i] for i in idx])[rows])
     return covs
+
+
+def _add_by_part(covs: Sequence[torch.Tensor], keys: torch.Tensor, which: torch.Tensor) -> None:
+    """covs[j] += K_j^T K_j, K_j the keys whose position belongs to part j (`which`, one per
+    position): one product per batch and part, not one per sample."""
+    for j, acc in enumerate(covs):
+        sel = keys if len(covs) == 1 else keys[which == j]
+        if len(sel):
+            acc.add_(sel.T @ sel)
 
 
 def null_projector(cov: torch.Tensor, tol: float) -> torch.Tensor:
@@ -154,11 +159,7 @@ class KeyBank:
                     for total, g in zip(self.totals, got):
                         total.add_(g)
                     return
-            which = torch.tensor([soft[i] for i in idx])[rows]  # the set of each position's sample
-            for j, acc in enumerate(added):
-                part = keys[which == j]
-                if len(part):
-                    acc.add_(part.T @ part)  # one product per batch, not one per sample
+            _add_by_part(added, keys, torch.tensor([soft[i] for i in idx])[rows])  # each position's set
         for total, acc in zip(self.totals, added):
             total.add_(acc)
         if path is not None:
