@@ -86,7 +86,12 @@ def probe_logits_many(adapter: MLLMAdapter, sets: Sequence[list[Sample]], max_ro
 def accuracy(adapter: MLLMAdapter, samples: list[Sample], scorer: str = "token_acc",
              enc: Encoded | None = None) -> float | None:
     pl = probe_logits(adapter, samples, enc)
-    return None if pl is None else float(SCORERS[scorer](pl.logits, pl.labels).mean())
+    return None if pl is None else accuracy_of(pl, scorer)
+
+
+def accuracy_of(pl: ProbeLogits, scorer: str = "token_acc") -> float:
+    """Mean Rel/Gen score of probe logits under `scorer` (token accuracy or exact match)."""
+    return float(SCORERS[scorer](pl.logits, pl.labels).mean())
 
 
 @dataclass
@@ -156,7 +161,7 @@ def _measure(kind: str, pl: ProbeLogits | None, scorer: str, before: Baseline | 
         if before is None:
             return pl
         return _agreement_of(getattr(before, kind), pl, T_LOC_K if kind == "t_loc" else M_LOC_K, exclude.get(kind))
-    return float(SCORERS[scorer](pl.logits, pl.labels).mean())
+    return accuracy_of(pl, scorer)
 
 
 def _scores(held: HeldOut, got: dict, scorer: str, before: Baseline | None) -> EditScores:

@@ -118,7 +118,6 @@ def score_final(adapter, batch: Sequence[BatchItem], batch_image_root: str | Pat
     champion ledger in order (oldest first)."""
     from odedit import evaluate
     from odedit.lifecycle.batch import probe_answers
-    from odedit.metrics import token_accuracy
     from odedit.models.adapter import Sample
 
     out = FinalScores()
@@ -127,7 +126,7 @@ def score_final(adapter, batch: Sequence[BatchItem], batch_image_root: str | Pat
     # every earlier edit's own probe, the forwards shared (as answers_with, one at a time)
     rels = evaluate.probe_logits_many(adapter, [[Sample(e.request["src"], e.target, img)]
                                                 for e, img in zip(prior, images)],
-                                      use=lambda _, pl: float(token_accuracy(pl.logits, pl.labels).mean()))
+                                      use=lambda _, pl: evaluate.accuracy_of(pl))
     for i, e in enumerate(prior):
         img, rel = images[i], rels[i]
         # superseded once, superseded for good: a later edit replaced that fact on purpose, so
