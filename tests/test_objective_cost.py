@@ -155,3 +155,49 @@ def test_stochastic_environments_draw_few_rows_per_step_and_all_over_the_run(ada
         assert adapter.answer(req.src, es.heldout.reliability[0].image).split()[:1] == req.alt.split()[:1]
     finally:
         remove_delta(adapter.model, out.restore)
+
+
+def test_cached_layer_insides_give_the_same_risks_and_gradient(adapter, world, world_requests):
+    """Caching the edited layer's attention output and its MLP keys, and running the top layer's
+    MLP only where a loss reads, is a cost choice only: the risks, the TV penalty and the edit's
+    gradient are those of the full forward; the frozen parts of the edited layer do not run."""
+    root, requests = world_requests
+    cfg = EditConfig.from_dict({"method": "odedit-ft-l", "odedit": {"env_samples": 0}})
+    es = build_environments(requests[1], root, cfg.odedit, world.locality_pool(64, requests[1].subject), seed=0)
+    editor = BASE_EDITORS["ft-l"](adapter, cfg.base)
+    params = editor.begin()
+    block, top = adapter.decoder_layers()[editor.layer], adapter.decoder_layers()[-1]
+    assert editor.only_mlp_output and adapter.family.mlp_cache and top is not block
+    calls = {"attention": 0, "gate": 0, "top_mlp_positions": []}
+    hooks = [block.self_attn.register_forward_hook(lambda *a: calls.__setitem__("attention", calls["attention"] + 1)),
+             block.mlp.gate_proj.register_forward_hook(lambda *a: calls.__setitem__("gate", calls["gate"] + 1)),
+             top.mlp.gate_proj.register_forward_hook(lambda m, args, out: calls["top_mlp_positions"].append(out.shape[:-1].numel()))]
+    try:
+        with torch.no_grad():
+            params[0].add_(0.02 * torch.randn(params[0].shape, generator=torch.Generator().manual_seed(2)))
+        got = {}
+        for inside in (False, True):
+            batch = EnvBatch(adapter, es.train, prefix_layer=editor.layer, inside=inside)
+            assert all((e.key is not None) == inside for e in batch.encoded.values())
+            objective = ODEditObjective(adapter, batch, params, cfg.odedit, seed=0)
+            objective.step_index = cfg.odedit.tv_warmup_steps
+            calls.update(attention=0, gate=0, top_mlp_positions=[])
+            params[0].grad = None
+            loss, stats = objective()
+            loss.backward()
+            got[inside] = (loss.item(), stats, params[0].grad.clone(), {k: list(v) if isinstance(v, list) else v
+                                                                   for k, v in calls.items()})
+        (loss0, stats0, grad0, calls0), (loss1, stats1, grad1, calls1) = got[False], got[True]
+        assert loss1 == pytest.approx(loss0, rel=1e-4)
+        for k in stats0:
+            assert stats1[k] == pytest.approx(stats0[k], rel=1e-4, abs=1e-6), k
+        assert ((grad1 - grad0).norm() / grad0.norm()).item() < 1e-4
+        assert calls0["attention"] == calls0["gate"] == len(batch.encoded) and calls1["attention"] == calls1["gate"] == 0
+        read = sum(int(objective._layout(batch).read[g].sum()) for g in batch.encoded)
+        positions = sum(e.labels.numel() for e in batch.encoded.values())
+        # the top layer's MLP ran only where a loss reads, both times (it needs no cached insides)
+        assert sum(calls1["top_mlp_positions"]) == sum(calls0["top_mlp_positions"]) == read < positions
+    finally:
+        for h in hooks:
+            h.remove()
+        editor.abort()

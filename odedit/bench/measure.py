@@ -549,7 +549,8 @@ def paired_step_ms(adapter: MLLMAdapter, env, cfg: EditConfig, steps: int) -> di
     params = editor.begin()
     try:
         batch = EnvBatch(adapter, env.train, with_eos=cfg.base.with_eos,
-                         prefix_layer=editor.layer if cfg.base.cache_prefix else None)
+                         prefix_layer=editor.layer if cfg.base.cache_prefix else None,
+                         inside=editor.only_mlp_output)
         objective = ODEditObjective(adapter, batch, params, cfg.odedit, cfg.seed, cfg.base.w_replay)
         objective.step_index = cfg.odedit.tv_warmup_steps
         draw, view = objective._step_batch, None

@@ -52,6 +52,12 @@ class BaseEditor(ABC):
             # composed once here, not every step (an in x in product: ~1.3 TFLOP for a 7B down_proj)
             self.side = shrink if proj is None else shrink @ proj
 
+    @property
+    def only_mlp_output(self) -> bool:
+        """The edit changes only its layer's MLP output projection: the rest of that layer is
+        frozen, so a prefix cache may hold it too (`MLLMAdapter.cache_prefix(inside=True)`)."""
+        return self.config.proj == "down_proj"
+
     def edited_parameter_names(self) -> list[str]:
         """Base-model parameters whose values the finished edit replaces."""
         return [f"{self.module_name}.weight"]

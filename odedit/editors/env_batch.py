@@ -37,16 +37,18 @@ def merge_prefixed(parts: list[Encoded]) -> Encoded:
     length = max(p.labels.shape[1] for p in parts)
     mask = torch.cat([_pad_right(p.inputs["attention_mask"], length, 0) for p in parts])
     labels = torch.cat([_pad_right(p.labels, length, IGNORE_INDEX) for p in parts])
-    prefix = torch.cat([_pad_right(p.prefix, length, 0.0) for p in parts])
-    return Encoded({"attention_mask": mask}, labels, prefix, parts[0].prefix_layer)
+    prefix, attn, key = (torch.cat([_pad_right(getattr(p, f), length, 0.0) for p in parts])
+                         if getattr(parts[0], f) is not None else None for f in ("prefix", "attn", "key"))
+    return Encoded({"attention_mask": mask}, labels, prefix, parts[0].prefix_layer, attn, key)
 
 
 def _rows_of(enc: Encoded, rows: torch.Tensor) -> Encoded:
     """Some rows of a prefix-cached batch, right padding beyond the longest of them dropped."""
     mask = enc.inputs["attention_mask"][rows]
     length = int(mask.any(dim=0).nonzero().max()) + 1  # past the last real position of any row
+    attn, key = (None if t is None else t[rows][:, :length] for t in (enc.attn, enc.key))
     return Encoded({"attention_mask": mask[:, :length]}, enc.labels[rows][:, :length],
-                   enc.prefix[rows][:, :length], enc.prefix_layer)
+                   enc.prefix[rows][:, :length], enc.prefix_layer, attn, key)
 
 
 def merge_pays(encoded: dict[str, Encoded], slack: float = 1.25) -> bool:
@@ -61,7 +63,10 @@ def merge_pays(encoded: dict[str, Encoded], slack: float = 1.25) -> bool:
 
 class EnvBatch:
     def __init__(self, adapter: MLLMAdapter, envs: list[Environment], with_eos: bool = False,
-                 prefix_layer: int | None = None):
+                 prefix_layer: int | None = None, inside: bool = False):
+        """`prefix_layer`: cache everything below that decoder layer; `inside`: the edit changes
+        only that layer's MLP output projection, so cache the rest of the layer too
+        (`MLLMAdapter.cache_prefix`)."""
         samples = {"image": [], "text": []}
         placed: list[tuple[Environment, str, list[int]]] = []
         for env in envs:
@@ -73,7 +78,7 @@ class EnvBatch:
             placed += [(env, g, idx) for g, idx in by_group.items() if idx]
         encoded = {g: adapter.encode(s, with_eos=with_eos) for g, s in samples.items() if s}
         if prefix_layer is not None and adapter.supports_prefix_cache and prefix_layer > 0:
-            encoded = {g: adapter.cache_prefix(e, prefix_layer) for g, e in encoded.items()}
+            encoded = {g: adapter.cache_prefix(e, prefix_layer, inside) for g, e in encoded.items()}
         if len(encoded) > 1 and all(e.prefix is not None for e in encoded.values()) and merge_pays(encoded):
             offsets, total = {}, 0
             for g, e in encoded.items():
@@ -108,9 +113,11 @@ class EnvBatch:
         return view, keep
 
     def forward(self, adapter: MLLMAdapter, scale: torch.Tensor | dict[str, torch.Tensor] | None = None,
-                raw: bool = False):
+                raw: bool = False, positions: dict[str, torch.Tensor] | None = None):
         """{group: (hidden, logits)} for every group; `scale` one tensor for all groups or one per
-        group (e.g. a [rows, 1, 1] scale per row); `raw` as in `MLLMAdapter.hidden_and_logits`."""
+        group (e.g. a [rows, 1, 1] scale per row); `raw` and `positions` (per group, the positions
+        the caller reads) as in `MLLMAdapter.hidden_and_logits`."""
         def of(g):
             return scale.get(g) if isinstance(scale, dict) else scale
-        return {g: adapter.hidden_and_logits(enc, of(g), raw) for g, enc in self.encoded.items()}
+        return {g: adapter.hidden_and_logits(enc, of(g), raw, None if positions is None else positions.get(g))
+                for g, enc in self.encoded.items()}

@@ -25,6 +25,15 @@ def answer_mask(labels: torch.Tensor) -> torch.Tensor:
     return labels[:, 1:] != IGNORE_INDEX
 
 
+def read_positions(labels: torch.Tensor, attention_mask: torch.Tensor | None = None, every: bool = False) -> torch.Tensor:
+    """[B, T] the positions whose logits or last hidden states the losses read: those predicting
+    a target token (`answer_mask`), or with `every` each real position but the last (the KL or
+    the MMD over every position)."""
+    read = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
+    read[:, :-1] = attention_mask[:, :-1].bool().to(labels.device) if every else answer_mask(labels)
+    return read
+
+
 def _positions(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The [N, ...] entries of `t` ([B, T, ...], logits at t predicting t+1) at the masked
     positions of `mask` [B, T-1]: the losses read only these, not every position's vocabulary."""

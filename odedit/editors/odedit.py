@@ -103,6 +103,10 @@ class _Layout:
             return torch.tensor(rows, dtype=torch.float32, device=device)
 
         self.device = device
+        # per group, the positions the losses read (the forward may skip the rest)
+        every = config.kl_positions == "all" or (bool(config.w_gen) and config.mmd_positions == "prompt")
+        self.read = {g: losses.read_positions(enc.labels, enc.inputs["attention_mask"], every)
+                     for g, enc in batch.encoded.items()}
         self.nll_w, self.kl_w, self.out_rows, self.fit_w = {}, {}, {}, {}
         self._member: dict[str, list] = {}
         self.keep_rows: dict[str, list[torch.Tensor]] = {}  # KEEP parts: their fit is the worst row's NLL
@@ -256,13 +260,13 @@ class ODEditObjective:
         dev = self.adapter.device
         if mode == "rows":
             w = {g: torch.ones(enc.size, 1, 1, device=dev, requires_grad=True) for g, enc in batch.encoded.items()}
-            out = batch.forward(self.adapter, scale=w, raw=True)
+            out = batch.forward(self.adapter, scale=w, raw=True, positions=lay.read)
         elif mode == "loop":
             w = torch.ones((), device=dev, requires_grad=True)
-            out = batch.forward(self.adapter, scale=w)
+            out = batch.forward(self.adapter, scale=w, positions=lay.read)
         else:
             w = None
-            out = batch.forward(self.adapter)
+            out = batch.forward(self.adapter, positions=lay.read)
         bias = self.adapter.model.get_output_embeddings().bias if mode == "closed" else None
         bias = None if bias is None else bias.detach().float()
         risks = torch.zeros(len(lay.envs), device=dev)

@@ -46,11 +46,12 @@ class PlainObjective:
         self._rows = {(g, kind): rows for g in batch.encoded for kind in ("IN", "KEEP")
                       if (rows := [r for er in batch.rows if er.group == g and er.env.kind == kind
                                    for r in er.rows.tolist()])}
+        self._read = {g: losses.read_positions(enc.labels) for g, enc in batch.encoded.items()}
 
     def __call__(self):
         per: dict[str, list[torch.Tensor]] = {}
         for g, enc in self.batch.encoded.items():  # one NLL over each group's rows, then each kind's
-            nll = losses.nll(self.adapter.hidden_and_logits(enc)[1], enc.labels)
+            nll = losses.nll(self.adapter.hidden_and_logits(enc, positions=self._read[g])[1], enc.labels)
             for kind in ("IN", "KEEP"):
                 if (g, kind) in self._rows:
                     per.setdefault(kind, []).append(nll[self._rows[(g, kind)]])
@@ -97,7 +98,8 @@ def optimise_edit(adapter: MLLMAdapter, envset: EnvironmentSet, config: EditConf
         envs = envs + [Environment("KEEP", "KEEP", rng.sample(list(keep), min(len(keep), config.base.replay)))]
     try:
         batch = EnvBatch(adapter, envs, with_eos=config.base.with_eos,
-                         prefix_layer=editor.layer if config.base.cache_prefix else None)
+                         prefix_layer=editor.layer if config.base.cache_prefix else None,
+                         inside=editor.only_mlp_output)
         objective = (ODEditObjective(adapter, batch, params, config.odedit, config.seed, config.base.w_replay)
                      if config.uses_odedit else PlainObjective(adapter, batch, config.base.w_replay))
         if config.base.optimizer == "sgd":

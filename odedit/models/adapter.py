@@ -37,12 +37,16 @@ class Encoded:
     """A tokenised batch: model inputs plus labels (-100 outside the target tokens).
 
     `prefix` optionally holds the hidden states entering decoder layer `prefix_layer`, computed
-    once with every earlier module frozen (vision tower, projector, embeddings, lower layers)."""
+    once with every earlier module frozen (vision tower, projector, embeddings, lower layers).
+    `attn` and `key` optionally hold what is frozen inside that layer when only its MLP's output
+    projection is edited: its self-attention output and that projection's input (the keys)."""
 
     inputs: dict
     labels: torch.Tensor
     prefix: torch.Tensor | None = None
     prefix_layer: int = 0
+    attn: torch.Tensor | None = None
+    key: torch.Tensor | None = None
 
     @property
     def size(self) -> int:
@@ -108,6 +112,54 @@ class _Inject(torch.nn.Module):
 
     def forward(self, hidden_states, *args, **kwargs):
         return self.hidden
+
+
+class _CachedAttention(torch.nn.Module):
+    """Stands in for the edited layer's self-attention (frozen: it sits below the edited
+    projection): returns its cached output, as (output, weights) like the attention modules."""
+
+    def __init__(self, output: torch.Tensor):
+        super().__init__()
+        self.output = output
+
+    def forward(self, *args, **kwargs):
+        return self.output, None
+
+
+class _CachedKeysMLP(torch.nn.Module):
+    """Stands in for the edited layer's MLP: only its output projection (the edited module, as it
+    is now: a plain or a LoRA-wrapped linear) runs, on its cached input."""
+
+    def __init__(self, run):
+        super().__init__()
+        self.run = run
+
+    def forward(self, *args, **kwargs):
+        return self.run()
+
+
+class _MLPAtPositions(torch.nn.Module):
+    """Runs an MLP only at the positions some loss reads ([B, T] mask); 0 elsewhere. For the top
+    decoder layer, whose other positions reach nothing the caller reads (an MLP is per position)."""
+
+    def __init__(self, mlp: torch.nn.Module, positions: torch.Tensor):
+        super().__init__()
+        self.mlp = mlp
+        self.index = positions.reshape(-1).nonzero().squeeze(1)
+
+    def forward(self, x, *args, **kwargs):
+        flat = x.reshape(-1, x.shape[-1])
+        part = self.mlp(flat.index_select(0, self.index), *args, **kwargs)
+        return flat.new_zeros(flat.shape[0], part.shape[-1]).index_copy(0, self.index, part).view(*x.shape[:-1], -1)
+
+
+def _swapped(parent: torch.nn.Module, path: str, new: torch.nn.Module) -> tuple[torch.nn.Module, str, torch.nn.Module]:
+    """Put `new` at `path` under `parent`; returns (owner, attribute, old) to put back."""
+    owner_path, _, attr = path.rpartition(".")
+    owner = parent.get_submodule(owner_path) if owner_path else parent
+    old = getattr(owner, attr)
+    setattr(owner, attr, new)
+    return owner, attr, old
 
 
 class MLLMAdapter:
@@ -278,31 +330,71 @@ class MLLMAdapter:
             handle.remove()
         return captured["x"]
 
-    def cache_prefix(self, enc: Encoded, layer: int) -> Encoded:
+    def cache_prefix(self, enc: Encoded, layer: int, inside: bool = False) -> Encoded:
         """`enc` plus the (frozen) hidden states entering decoder layer `layer`; later forwards
-        of the result run only layers >= `layer`. A no-op where the model type is unsupported."""
+        of the result run only layers >= `layer`. A no-op where the model type is unsupported.
+        `inside` (the edit changes only layer `layer`'s MLP output projection): also that layer's
+        self-attention output and the projection's input, where the family allows
+        (`Family.mlp_cache`); later forwards then run only that projection of the layer."""
         if not self.supports_prefix_cache or layer <= 0:
             return enc
-        return Encoded(enc.inputs, enc.labels, self.module_input(enc, self.decoder_layers()[layer]), layer)
+        block = self.decoder_layers()[layer]
+        if not (inside and self.family.mlp_cache):
+            return Encoded(enc.inputs, enc.labels, self.module_input(enc, block), layer)
+        seen = {}
 
-    def _decoder_from_prefix(self, enc: Encoded):
+        def grab_input(_module, args, kwargs):
+            seen["prefix"] = (args[0] if args else kwargs["hidden_states"]).detach()
+
+        def grab_attention(_module, _args, output):
+            seen["attn"] = output[0].detach()
+
+        handles = [block.register_forward_pre_hook(grab_input, with_kwargs=True),
+                   block.self_attn.register_forward_hook(grab_attention)]
+        try:
+            key = self.module_input(enc, self.mlp_module(layer, "down_proj"))  # the pass stops there
+        finally:
+            for h in handles:
+                h.remove()
+        return Encoded(enc.inputs, enc.labels, seen["prefix"], layer, seen["attn"], key)
+
+    def _decoder_from_prefix(self, enc: Encoded, positions: torch.Tensor | None = None):
+        """The decoder from the cached prefix. With the edited layer's insides cached, only its
+        MLP output projection runs there; with `positions` ([B, T], the positions the caller
+        reads), the top layer's MLP runs only at those (elsewhere the outputs are not the
+        model's: speed only, where the family allows)."""
         lm = self._language_model()
         full = lm.layers
-        lm.layers = torch.nn.ModuleList([_Inject(enc.prefix)] + list(full[enc.prefix_layer:]))
+        swaps = []
         try:
+            if enc.attn is not None:
+                block = full[enc.prefix_layer]
+                down, key = self.mlp_module(enc.prefix_layer, "down_proj"), enc.key
+                swaps += [_swapped(block, "self_attn", _CachedAttention(enc.attn)),
+                          _swapped(block, self.family.mlp, _CachedKeysMLP(lambda: down(key)))]
+            top = len(full) - 1
+            if positions is not None and self.family.mlp_cache and top > enc.prefix_layer:
+                mlp = full[top].get_submodule(self.family.mlp)
+                swaps.append(_swapped(full[top], self.family.mlp, _MLPAtPositions(mlp, positions)))
+            lm.layers = torch.nn.ModuleList([_Inject(enc.prefix)] + list(full[enc.prefix_layer:]))
             return lm(inputs_embeds=torch.zeros_like(enc.prefix),
                       attention_mask=enc.inputs["attention_mask"], use_cache=False)
         finally:
             lm.layers = full
+            for owner, attr, old in reversed(swaps):
+                setattr(owner, attr, old)
 
-    def hidden_and_logits(self, enc: Encoded, scale: torch.Tensor | None = None, raw: bool = False):
+    def hidden_and_logits(self, enc: Encoded, scale: torch.Tensor | None = None, raw: bool = False,
+                          positions: torch.Tensor | None = None):
         """Last hidden state (optionally multiplied by `scale`; `raw` returns it unscaled, while
         the logits still see the scale) and the LM-head logits. The full forward is the model's
         own (whatever its family adds after the head, e.g. logit soft-capping, stays), with the
-        hidden state taken (and scaled) at the LM head's input."""
+        hidden state taken (and scaled) at the LM head's input. `positions` ([B, T] bool): the
+        only positions the caller reads; elsewhere the values may be left uncomputed (prefix-cached
+        batches, `_decoder_from_prefix`)."""
         head = self.model.get_output_embeddings()
         if enc.prefix is not None:
-            hidden = self._decoder_from_prefix(enc).last_hidden_state
+            hidden = self._decoder_from_prefix(enc, positions).last_hidden_state
             scaled = hidden if scale is None else hidden * scale
             return hidden if raw else scaled, head(scaled).float()
         seen = {}

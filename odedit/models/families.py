@@ -3,7 +3,8 @@
 It owns one `Family` record per supported `config.model_type` (plus the default used for any
 other type): where the decoder layers and the edited MLP projections are, how images and
 image placeholders reach the processor, how labels are built, where the BOS token comes
-from, whether the prefix cache applies, how text-only inputs run, and whether the processor
+from, whether the prefix cache applies (and inside the edited layer), how text-only inputs run,
+and whether the processor
 must be built from its image processor + tokenizer (families whose processor only needs
 torchvision for video), and whether prompts can be answered in one padded batch.
 `odedit.models.adapter.MLLMAdapter` reads these facts; it has no per-family branches of its own.
@@ -39,6 +40,11 @@ class Family:
     # the decoder can be entered mid-way from cached hidden states (plain 1-D positions and a
     # plain causal mask; multimodal rotary positions or bidirectional image masks cannot)
     prefix_cache: bool = False
+    # with the prefix cache, when an edit changes only a layer's MLP output projection: that
+    # layer's self-attention output and the projection's input are cached too, and the top layer's
+    # MLP runs only at the positions a loss reads (a Llama-style layer: `self_attn` returning
+    # (output, weights), then the MLP at `mlp` ending in its output projection; tested per family)
+    mlp_cache: bool = False
     # text-only inputs: "processor" (the processor takes text alone), "tokenizer" (the processor
     # refuses text without images: tokenise `text_layout` with the tokenizer instead)
     text_only: str = "processor"
@@ -54,8 +60,8 @@ class Family:
     batch_generation: bool = True
 
 
-_LLAVA = dict(prefix_cache=True)
-_IDEFICS = dict(nested_images=True, prefix_cache=True)
+_LLAVA = dict(prefix_cache=True, mlp_cache=True)
+_IDEFICS = dict(nested_images=True, prefix_cache=True, mlp_cache=True)
 _QWEN = dict(bos="none", video_needs_torchvision=True)
 _BLIP = dict(mlp="", proj_names={"down_proj": "fc2", "up_proj": "fc1"}, placeholder="processor",
              prefix_cache=True, text_only_language_model=True)
