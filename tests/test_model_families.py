@@ -117,12 +117,12 @@ def test_family_loads_encodes_one_bos_and_caches_exactly(family, family_adapter)
             full = adapter.logits(enc)
             cached = adapter.logits(adapter.cache_prefix(enc, adapter.num_layers() // 2))
             assert torch.allclose(cached, full, atol=1e-5, rtol=0), (cached - full).abs().max()
-            if adapter.family.mlp_cache:  # the edited layer's insides cached, the top MLP only where read
-                read = read_positions(enc.labels)
-                inside = adapter.cache_prefix(enc, adapter.num_layers() // 2, inside=True)
-                assert inside.key is not None and inside.attn is not None
-                got = adapter.hidden_and_logits(inside, positions=read)[1]
-                assert torch.allclose(got[read], full[read], atol=1e-5, rtol=0), (got[read] - full[read]).abs().max()
+            # the head (and, with the edited layer's insides cached, the top MLP) only where read
+            read = read_positions(enc.labels)
+            inside = adapter.cache_prefix(enc, adapter.num_layers() // 2, inside=True)
+            assert (inside.key is not None and inside.attn is not None) == adapter.family.mlp_cache
+            got = adapter.hidden_and_logits(inside, positions=read)[1]
+            assert torch.allclose(got[read], full[read], atol=1e-5, rtol=0), (got[read] - full[read]).abs().max()
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -148,9 +148,14 @@ class _MLPAtPositions(torch.nn.Module):
         self.index = positions.reshape(-1).nonzero().squeeze(1)
 
     def forward(self, x, *args, **kwargs):
-        flat = x.reshape(-1, x.shape[-1])
-        part = self.mlp(flat.index_select(0, self.index), *args, **kwargs)
-        return flat.new_zeros(flat.shape[0], part.shape[-1]).index_copy(0, self.index, part).view(*x.shape[:-1], -1)
+        return _at_positions(lambda part: self.mlp(part, *args, **kwargs), x, self.index)
+
+
+def _at_positions(fn, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """fn (per position) applied to x [..., d] only at the flat positions `index`; 0 elsewhere."""
+    flat = x.reshape(-1, x.shape[-1])
+    part = fn(flat.index_select(0, index))
+    return part.new_zeros(flat.shape[0], part.shape[-1]).index_copy(0, index, part).view(*x.shape[:-1], -1)
 
 
 def _swapped(parent: torch.nn.Module, path: str, new: torch.nn.Module) -> tuple[torch.nn.Module, str, torch.nn.Module]:
@@ -391,12 +396,15 @@ class MLLMAdapter:
         own (whatever its family adds after the head, e.g. logit soft-capping, stays), with the
         hidden state taken (and scaled) at the LM head's input. `positions` ([B, T] bool): the
         only positions the caller reads; elsewhere the values may be left uncomputed (prefix-cached
-        batches, `_decoder_from_prefix`)."""
+        batches: the LM head, and `_decoder_from_prefix`)."""
         head = self.model.get_output_embeddings()
         if enc.prefix is not None:
             hidden = self._decoder_from_prefix(enc, positions).last_hidden_state
             scaled = hidden if scale is None else hidden * scale
-            return hidden if raw else scaled, head(scaled).float()
+            if positions is None:
+                return hidden if raw else scaled, head(scaled).float()
+            index = positions.reshape(-1).nonzero().squeeze(1)  # the head only where read
+            return hidden if raw else scaled, _at_positions(lambda part: head(part).float(), scaled, index)
         seen = {}
 
         def at_head(_module, args):
