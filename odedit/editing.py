@@ -186,8 +186,11 @@ def run_edits(
                 kept.append(Kept(edit_sample, subject_of(req), record.answer_before))
                 if bank is not None:  # later edits must not move this one (nor its other views)
                     bank.forget(subject_of(req), record.answer_before)
-                    landed = [edit_sample] + [s for e in envset.train if e.kind == "SE" for s in e.samples]
-                    bank.add(landed, [subject_of(req)] * len(landed))
+                    if outcome.keys is not None:  # the edit sample (IN) and its SE samples, keys from its batch
+                        landed, keys = [s for s, _ in outcome.keys], [k for _, k in outcome.keys]
+                    else:
+                        landed, keys = [edit_sample] + [s for e in envset.train if e.kind == "SE" for s in e.samples], None
+                    bank.add(landed, [subject_of(req)] * len(landed), keys=keys)
             else:
                 run.deltas[req.id] = outcome.delta
                 remove_delta(adapter.model, outcome.restore)

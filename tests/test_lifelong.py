@@ -235,3 +235,26 @@ def test_an_edit_stops_where_its_fit_stalls():
     assert stalled(creeping, 20, 0.05) and not stalled(falling, 20, 0.05)
     assert not stalled(creeping[:20], 20, 0.05)  # the window is not full yet
     assert not stalled(creeping, 0, 0.05)  # off
+
+
+def test_a_landed_edits_keys_come_from_its_own_batch(adapter, world, world_requests):
+    """The keys an edit's batch caches for its IN and SE rows are the ones the key bank would
+    compute with a forward of its own: a bank fed either way holds the same covariances."""
+    from odedit.editors.env_batch import EnvBatch
+
+    root, requests = world_requests
+    cfg = EditConfig(method="odedit-ft-l-lifelong")
+    req = requests[0]
+    es = build_environments(req, root, cfg.odedit, world.locality_pool(64, req.subject), seed=0)
+    module = adapter.mlp_module(edited_layer(adapter, cfg.base), cfg.base.proj)
+    batch = EnvBatch(adapter, es.train, prefix_layer=edited_layer(adapter, cfg.base), inside=True)
+    got = batch.keys_of(("IN", "SE"))
+    want = [s for e in es.train if e.kind in ("IN", "SE") for s in e.samples]
+    assert sorted(map(id, (s for s, _ in got))) == sorted(map(id, want))
+    soft = [i % 2 == 0 for i in range(len(got))]
+    fed, computed = (KeyBank(adapter, module, cfg.base.null_space_tol) for _ in range(2))
+    fed.add([s for s, _ in got], [req.subject] * len(got), soft, keys=[k for _, k in got])
+    computed.add([s for s, _ in got], [req.subject] * len(got), soft)
+    for a, b in zip(fed.totals, computed.totals):
+        assert a.abs().max() > 0 and torch.allclose(a, b, rtol=1e-5, atol=1e-6 * b.abs().max().item())
+    assert EnvBatch(adapter, es.train, prefix_layer=edited_layer(adapter, cfg.base)).keys_of(("IN",)) is None

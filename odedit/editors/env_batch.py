@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from odedit.environments import Environment
-from odedit.models.adapter import IGNORE_INDEX, Encoded, MLLMAdapter
+from odedit.models.adapter import IGNORE_INDEX, Encoded, MLLMAdapter, Sample
 
 
 @dataclass
@@ -77,6 +77,9 @@ class EnvBatch:
                 samples[group].append(s)
             placed += [(env, g, idx) for g, idx in by_group.items() if idx]
         encoded = {g: adapter.encode(s, with_eos=with_eos) for g, s in samples.items() if s}
+        self.with_eos = with_eos
+        # each batch row's sample, per group (a merged group: image rows, then text rows)
+        self._sample_at = {g: samples[g] for g in encoded}
         if prefix_layer is not None and adapter.supports_prefix_cache and prefix_layer > 0:
             encoded = {g: adapter.cache_prefix(e, prefix_layer, inside) for g, e in encoded.items()}
         if len(encoded) > 1 and all(e.prefix is not None for e in encoded.values()) and merge_pays(encoded):
@@ -85,8 +88,25 @@ class EnvBatch:
                 offsets[g], total = total, total + e.size
             placed = [(env, "all", [i + offsets[g] for i in idx]) for env, g, idx in placed]
             encoded = {"all": merge_prefixed(list(encoded.values()))}
+            self._sample_at = {"all": [x for g in offsets for x in self._sample_at[g]]}
         self.encoded: dict[str, Encoded] = encoded
         self.rows = [EnvRows(env, g, torch.tensor(idx)) for env, g, idx in placed]
+
+    def keys_of(self, kinds: tuple[str, ...]) -> list[tuple[Sample, torch.Tensor]] | None:
+        """(sample, its keys [real positions, in] in float64 on the CPU) for every row of the
+        environments of `kinds`: the edited projection's inputs, as `nullspace.batch_keys` takes
+        them, read from the cache inside the edited layer (`inside`); None without that cache or
+        with an EOS appended (the keys then cover a position the bank's encoding has not)."""
+        if self.with_eos or not all(e.key is not None for e in self.encoded.values()):
+            return None
+        out = []
+        for er in self.rows:
+            if er.env.kind in kinds:
+                enc = self.encoded[er.group]
+                mask = enc.inputs["attention_mask"].bool()
+                out += [(self._sample_at[er.group][r], enc.key[r][mask[r]].to(torch.float64).cpu())
+                        for r in er.rows.tolist()]
+        return out
 
     @property
     def can_sample(self) -> bool:

@@ -136,12 +136,15 @@ class KeyBank:
         self._recent: dict[tuple[int, tuple[str, str]], torch.Tensor | None] = {}
 
     def add(self, samples: Sequence[Sample], subjects: Sequence[str | None],
-            soft: Sequence[bool] | None = None, cache: str | Path | None = None) -> None:
+            soft: Sequence[bool] | None = None, cache: str | Path | None = None,
+            keys: Sequence[torch.Tensor] | None = None) -> None:
         """Preserve `samples` (each sample's target is the answer that must stay); those marked
         `soft` join the soft set instead of the hard bank. With `cache` (a folder), the two
         covariances these samples add are kept there, keyed by the samples' content and by the
         keys of their first batch (so another model, or other weights below the edited
-        projection, never hits), and read back instead of recomputed."""
+        projection, never hits), and read back instead of recomputed. `keys` (one [positions, in]
+        float64 tensor per sample, as `batch_keys` gives them, e.g. from the edit's own batch,
+        `EnvBatch.keys_of`): used as they are, no forward pass."""
         subjects, soft = list(subjects), [int(bool(x)) for x in (soft or [False] * len(samples))]
         self._recent.clear()  # a fact's samples may change
         for i, s in enumerate(samples):
@@ -150,8 +153,11 @@ class KeyBank:
             return
         n = self.module.weight.shape[1]
         added = (torch.zeros(n, n, dtype=torch.float64), torch.zeros(n, n, dtype=torch.float64))
+        # (sample indices, keys, sample of each key) per batch: the given keys are one batch
+        batches = batch_keys(self.adapter, self.module, samples) if keys is None else \
+            [(range(len(samples)), torch.cat(list(keys)), torch.cat([torch.full((len(k),), i) for i, k in enumerate(keys)]))]
         path = None
-        for b, (idx, keys, rows) in enumerate(batch_keys(self.adapter, self.module, samples)):
+        for b, (idx, keys, rows) in enumerate(batches):
             if b == 0 and cache is not None:
                 path = Path(cache) / f"{_cache_key(samples, subjects, soft, keys)}.pt"
                 got = _read_cached(path, n)

@@ -34,6 +34,9 @@ class EditOutcome:
     losses: list[float] = field(default_factory=list)
     stats: list[dict] = field(default_factory=list)
     step_seconds: list[float] = field(default_factory=list)  # wall time of each optimisation step
+    # (sample, keys) of the IN and SE rows at the edited projection, from the edit's own batch
+    # (`EnvBatch.keys_of`; None where it has none): what a key bank adds once the edit lands
+    keys: list | None = None
 
 
 class PlainObjective:
@@ -136,4 +139,4 @@ def optimise_edit(adapter: MLLMAdapter, envset: EnvironmentSet, config: EditConf
             "method": config.method, "steps": steps}
     delta = delta_from(adapter.model, originals, meta)
     return EditOutcome(delta, AppliedDelta(originals), steps, time.perf_counter() - start, history, stats,
-                       step_seconds)
+                       step_seconds, batch.keys_of(("IN", "SE")))
