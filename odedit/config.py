@@ -15,11 +15,8 @@ METHODS = ("ft-l", "lora", "odedit-ft-l", "odedit-lora", "ft-l-lifelong", "odedi
 # `*-lifelong` methods: the same editor with the lifelong-editing options (PRODUCT, not the
 # paper's; see README "Lifelong editing"). They replace the fields a config leaves at their defaults.
 LIFECYCLE_METHOD = "odedit-ft-l-lifelong"  # the default of run-batch, the edit-batch flow and the inbox
-# TUNED (bench/README.md). Session 8 (cost): session 5's lr 10 / soft_decay 0.05 / 200 steps at 3x
-# the step: the per-step shrink scaled with lr keeps its weight against the fit (soft_decay / lr),
-# and the cap the same lr x steps
-LIFELONG_PRESET = {"null_space": True, "optimizer": "sgd", "lr": 30.0, "steps": 67,
-                   "soft_phrasings": 16, "soft_views": 8, "soft_decay": 0.15}
+LIFELONG_PRESET = {"null_space": True, "optimizer": "sgd", "lr": 10.0, "steps": 200,  # TUNED (bench/README.md)
+                   "soft_phrasings": 16, "soft_views": 8, "soft_decay": 0.05}  # TUNED, session 5
 LIFELONG_ODEDIT_PRESET = {"env_samples": 0}  # every row every step: what `bench --lifelong` measured
 
 
