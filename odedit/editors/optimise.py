@@ -35,7 +35,8 @@ class EditOutcome:
     stats: list[dict] = field(default_factory=list)
     step_seconds: list[float] = field(default_factory=list)  # wall time of each optimisation step
     # (sample, keys) of the IN and SE rows at the edited projection, from the edit's own batch
-    # (`EnvBatch.keys_of`; None where it has none): what a key bank adds once the edit lands
+    # (`EnvBatch.keys_of`; None where it has none or no key bank needs them, `null_space` off):
+    # what a key bank adds once the edit lands
     keys: list | None = None
 
 
@@ -139,4 +140,4 @@ def optimise_edit(adapter: MLLMAdapter, envset: EnvironmentSet, config: EditConf
             "method": config.method, "steps": steps}
     delta = delta_from(adapter.model, originals, meta)
     return EditOutcome(delta, AppliedDelta(originals), steps, time.perf_counter() - start, history, stats,
-                       step_seconds, batch.keys_of(("IN", "SE")))
+                       step_seconds, batch.keys_of(("IN", "SE")) if config.base.null_space else None)
