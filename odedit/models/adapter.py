@@ -139,13 +139,14 @@ class _CachedKeysMLP(torch.nn.Module):
 
 
 class _MLPAtPositions(torch.nn.Module):
-    """Runs an MLP only at the positions some loss reads ([B, T] mask); 0 elsewhere. For the top
-    decoder layer, whose other positions reach nothing the caller reads (an MLP is per position)."""
+    """Runs an MLP only at the positions some loss reads (flat indices into [B * T]); 0 elsewhere.
+    For the top decoder layer, whose other positions reach nothing the caller reads (an MLP is per
+    position)."""
 
-    def __init__(self, mlp: torch.nn.Module, positions: torch.Tensor):
+    def __init__(self, mlp: torch.nn.Module, index: torch.Tensor):
         super().__init__()
         self.mlp = mlp
-        self.index = positions.reshape(-1).nonzero().squeeze(1)
+        self.index = index
 
     def forward(self, x, *args, **kwargs):
         return _at_positions(lambda part: self.mlp(part, *args, **kwargs), x, self.index)
@@ -363,10 +364,10 @@ class MLLMAdapter:
                 h.remove()
         return Encoded(enc.inputs, enc.labels, seen["prefix"], layer, seen["attn"], key)
 
-    def _decoder_from_prefix(self, enc: Encoded, positions: torch.Tensor | None = None):
+    def _decoder_from_prefix(self, enc: Encoded, index: torch.Tensor | None = None):
         """The decoder from the cached prefix. With the edited layer's insides cached, only its
-        MLP output projection runs there; with `positions` ([B, T], the positions the caller
-        reads), the top layer's MLP runs only at those (elsewhere the outputs are not the
+        MLP output projection runs there; with `index` (flat [B * T] indices of the positions the
+        caller reads), the top layer's MLP runs only at those (elsewhere the outputs are not the
         model's: speed only, where the family allows)."""
         lm = self._language_model()
         full = lm.layers
@@ -378,9 +379,9 @@ class MLLMAdapter:
                 swaps += [_swapped(block, "self_attn", _CachedAttention(enc.attn)),
                           _swapped(block, self.family.mlp, _CachedKeysMLP(lambda: down(key)))]
             top = len(full) - 1
-            if positions is not None and self.family.mlp_cache and top > enc.prefix_layer:
+            if index is not None and self.family.mlp_cache and top > enc.prefix_layer:
                 mlp = full[top].get_submodule(self.family.mlp)
-                swaps.append(_swapped(full[top], self.family.mlp, _MLPAtPositions(mlp, positions)))
+                swaps.append(_swapped(full[top], self.family.mlp, _MLPAtPositions(mlp, index)))
             lm.layers = torch.nn.ModuleList([_Inject(enc.prefix)] + list(full[enc.prefix_layer:]))
             return lm(inputs_embeds=torch.zeros_like(enc.prefix),
                       attention_mask=enc.inputs["attention_mask"], use_cache=False)
@@ -399,12 +400,12 @@ class MLLMAdapter:
         batches: the LM head, and `_decoder_from_prefix`)."""
         head = self.model.get_output_embeddings()
         if enc.prefix is not None:
-            hidden = self._decoder_from_prefix(enc, positions).last_hidden_state
+            index = None if positions is None else positions.reshape(-1).nonzero().squeeze(1)
+            hidden = self._decoder_from_prefix(enc, index).last_hidden_state
             scaled = hidden if scale is None else hidden * scale
-            if positions is None:
+            if index is None:
                 return hidden if raw else scaled, head(scaled).float()
-            index = positions.reshape(-1).nonzero().squeeze(1)  # the head only where read
-            return hidden if raw else scaled, _at_positions(lambda part: head(part).float(), scaled, index)
+            return hidden if raw else scaled, _at_positions(lambda part: head(part).float(), scaled, index)  # the head too
         seen = {}
 
         def at_head(_module, args):
