@@ -189,7 +189,8 @@ def run_edits(
                     if outcome.keys is not None:  # the edit sample (IN) and its SE samples, keys from its batch
                         landed, keys = [s for s, _ in outcome.keys], [k for _, k in outcome.keys]
                     else:
-                        landed, keys = [edit_sample] + [s for e in envset.train if e.kind == "SE" for s in e.samples], None
+                        landed = [edit_sample] + [s for e in envset.train if e.kind == "SE" for s in e.samples]
+                        keys = None
                     bank.add(landed, [subject_of(req)] * len(landed), keys=keys)
             else:
                 run.deltas[req.id] = outcome.delta

@@ -154,8 +154,11 @@ class KeyBank:
         n = self.module.weight.shape[1]
         added = (torch.zeros(n, n, dtype=torch.float64), torch.zeros(n, n, dtype=torch.float64))
         # (sample indices, keys, sample of each key) per batch: the given keys are one batch
-        batches = batch_keys(self.adapter, self.module, samples) if keys is None else \
-            [(range(len(samples)), torch.cat(list(keys)), torch.cat([torch.full((len(k),), i) for i, k in enumerate(keys)]))]
+        if keys is None:
+            batches = batch_keys(self.adapter, self.module, samples)
+        else:
+            which = torch.cat([torch.full((len(k),), i) for i, k in enumerate(keys)])
+            batches = [(range(len(samples)), torch.cat(list(keys)), which)]
         path = None
         for b, (idx, keys, rows) in enumerate(batches):
             if b == 0 and cache is not None:

@@ -4,9 +4,9 @@ It owns one `Family` record per supported `config.model_type` (plus the default 
 other type): where the decoder layers and the edited MLP projections are, how images and
 image placeholders reach the processor, how labels are built, where the BOS token comes
 from, whether the prefix cache applies (and inside the edited layer), how text-only inputs run,
-and whether the processor
-must be built from its image processor + tokenizer (families whose processor only needs
-torchvision for video), and whether prompts can be answered in one padded batch.
+whether the processor must be built from its image processor + tokenizer (families whose
+processor only needs torchvision for video), and whether prompts can be answered in one padded
+batch.
 `odedit.models.adapter.MLLMAdapter` reads these facts; it has no per-family branches of its own.
 How each family was tested: README, "Supported model families".
 """
