@@ -77,15 +77,15 @@ def test_mmd_bandwidth_consistent_with_dR_dw():
     assert abs(a - losses.mmd2(x, y).item()) < 1e-5  # finite check: scale-invariant value
 
 
-def _scaled(u, b, labels):
-    """logits = w * u + b with w a leaf at 1 per sample, for autograd's dR/dw."""
-    w = torch.ones(u.shape[0], 1, 1, requires_grad=True)
-    return w, w * u + b
-
-
 def test_closed_form_slopes_equal_autograd():
-    """nll_with_slope / kl_with_slope: the values of nll / kl, and per sample the derivative of
-    the risk w.r.t. a scale w on the LM head's input (logits = w u + b), as autograd takes it."""
+    """token_terms on compact positions (`ReadOut`, one row per position read): per sample (the
+    per-row means of `ReadOut.row_weights`) the values of nll / kl on the [B, T, V] logits, and
+    per position the derivative of each term w.r.t. a scale w on the LM head's input
+    (logits = w u + b), as autograd takes it."""
+    from types import SimpleNamespace
+
+    from odedit.editors.readout import ReadOut
+
     torch.manual_seed(0)
     B, T, V = 3, 6, 7
     u, b = torch.randn(B, T, V), torch.randn(V)
@@ -94,23 +94,30 @@ def test_closed_form_slopes_equal_autograd():
     labels[0, 3:] = torch.tensor([1, 2, 3])
     labels[1, 5] = 4
     labels[2, 2:4] = torch.tensor([0, 6])
-    mask = torch.ones(B, T)
+    mask = torch.ones(B, T, dtype=torch.long)
     mask[1, :2] = 0  # left padding
-    for reduction in ("mean", "sum"):
-        w, z = _scaled(u, b, labels)
-        per = losses.nll(z, labels, reduction)
-        (want,) = torch.autograd.grad(per.sum(), w)
-        got, slope = losses.nll_with_slope(z, labels, b, reduction)
-        assert torch.allclose(got, per, atol=1e-6)
-        assert torch.allclose(slope, want.flatten(), atol=1e-5), (reduction, slope, want.flatten())
-    for direction in ("post_pre", "pre_post"):
-        for positions in ("answer", "all"):
-            w, z = _scaled(u, b, labels)
-            per = losses.kl(z, pre, labels, direction, positions, mask)
-            (want,) = torch.autograd.grad(per.sum(), w)
-            got, slope = losses.kl_with_slope(z, pre, labels, direction, positions, mask, bias=b)
-            assert torch.allclose(got, per, atol=1e-6)
-            assert torch.allclose(slope, want.flatten(), atol=1e-5), (direction, positions)
+    enc = SimpleNamespace(size=B, labels=labels, inputs={"attention_mask": mask})
+    for every in (False, True):  # the answer positions, or every real one
+        ro = ReadOut.of({"g": enc}, {"g": losses.read_positions(labels, mask, every)})
+        r, t = ro.local["g"]
+        rows = [{i: 1.0} for i in range(B)]  # each row's own mean
+        uc = u[r, t]
+        pre_lp = torch.log_softmax(pre[r, t], dim=-1)
+        for direction in ("post_pre", "pre_post"):
+            w = torch.ones(ro.size, 1, requires_grad=True)
+            nll, kl, nll_slope, kl_slope = losses.token_terms(w * uc + b, ro.targets, pre_lp, direction, b, slope=True)
+            (want_nll,) = torch.autograd.grad(nll[ro.answer].sum(), w, retain_graph=True)
+            (want_kl,) = torch.autograd.grad(kl.sum(), w)
+            assert torch.allclose(nll_slope[ro.answer], want_nll.flatten()[ro.answer], atol=1e-5), (every, direction)
+            assert torch.allclose(kl_slope, want_kl.flatten(), atol=1e-5), (every, direction)
+            z = u + b
+            for reduction in ("mean", "sum"):
+                per = ro.weights(rows, ro.row_weights(ro.answer, reduction), "cpu") @ nll
+                assert torch.allclose(per, losses.nll(z, labels, reduction), atol=1e-6), (every, reduction)
+            at = ro.answer if not every else ro.real
+            per = ro.weights(rows, ro.row_weights(at), "cpu") @ kl
+            want = losses.kl(z, pre, labels, direction, "all" if every else "answer", mask)
+            assert torch.allclose(per, want, atol=1e-6), (every, direction)
 
 
 def test_batched_mmd_equals_one_pair_at_a_time():

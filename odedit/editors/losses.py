@@ -1,7 +1,7 @@
 """Per-sample risks on teacher-forced batches: target NLL, locality KL, and the multi-scale
 Gaussian MMD of ODEdit's generality risk. Logits at position t predict token t+1.
 
-`*_with_slope` also return each sample's dR/dw in closed form, where the logits are
+`token_terms` also returns each position's dR/dw in closed form, where the logits are
 z = w * u + b with w a scalar per sample at 1 (IRM's dummy scale on the LM head's input, a
 plain linear head: u = z - b). For a next-token distribution p = softmax(z) and a fixed q:
   d CE(z, y) / dw       = sum_i p_i u_i - u_y
@@ -59,56 +59,54 @@ def nll(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> 
     return _per_sample(mask, reduction)(tok)
 
 
-def nll_with_slope(logits: torch.Tensor, labels: torch.Tensor, bias: torch.Tensor | None = None,
-                   reduction: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
-    """(`nll`, its dR/dw per sample) for logits = w * u + `bias` at w = 1 (module docstring)."""
-    mask = answer_mask(labels)
-    index = labels[:, 1:][mask].unsqueeze(-1)
-    z = _positions(logits, mask)
-    u = z if bias is None else z - bias
-    logp = F.log_softmax(z, dim=-1)
-    tok = -logp.gather(-1, index).squeeze(-1)
-    slope = (logp.exp() * u).sum(-1) - u.gather(-1, index).squeeze(-1)
-    reduce = _per_sample(mask, reduction)
-    return reduce(tok), reduce(slope)
-
-
 def kl(post_logits, pre_logits, labels, direction: str = "post_pre", positions: str = "answer",
        attention_mask: torch.Tensor | None = None):
     """Per-sample KL between post- and pre-edit next-token distributions, mean over positions.
     direction "post_pre" = KL(post || pre) as printed in the paper's Eq. 3. positions "answer":
     the positions predicting target tokens; "all": every REAL position (attention mask 1),
     never padding - the mask is required for "all"."""
-    return kl_with_slope(post_logits, pre_logits, labels, direction, positions, attention_mask, slope=False)[0]
-
-
-def kl_with_slope(post_logits, pre_logits, labels, direction: str = "post_pre", positions: str = "answer",
-                  attention_mask: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-                  slope: bool = True):
-    """(`kl`, its dR/dw per sample for post_logits = w * u + `bias` at w = 1; None if not `slope`)."""
     if positions == "answer":
         mask = answer_mask(labels)
     else:  # every real (non-padding) position
         if attention_mask is None or attention_mask.shape[-1] != post_logits.shape[1]:
             raise ValueError("kl(positions='all') needs the attention mask of the logits' sequence")
         mask = attention_mask[:, :-1].to(post_logits.device).bool()
-    z = _positions(post_logits, mask)
-    post = F.log_softmax(z, dim=-1)
+    post = F.log_softmax(_positions(post_logits, mask), dim=-1)
     pre = F.log_softmax(_positions(pre_logits, mask), dim=-1)
-    p = post.exp()
     if direction == "post_pre":
-        per_pos = (p * (post - pre)).sum(-1)
+        per_pos = (post.exp() * (post - pre)).sum(-1)
     else:
         per_pos = (pre.exp() * (pre - post)).sum(-1)
-    reduce = _per_sample(mask)
-    if not slope:
-        return reduce(per_pos), None
-    u = z if bias is None else z - bias
-    if direction == "post_pre":
-        d = (p * u * (post - pre - per_pos.unsqueeze(-1))).sum(-1)
-    else:
-        d = ((p - pre.exp()) * u).sum(-1)
-    return reduce(per_pos), reduce(d)
+    return _per_sample(mask)(per_pos)
+
+
+def token_terms(z: torch.Tensor, targets: torch.Tensor, pre: torch.Tensor | None = None,
+                direction: str = "post_pre", bias: torch.Tensor | None = None, slope: bool = False):
+    """Per-position terms on compact logits z [N, V] (one row per read position,
+    `readout.ReadOut`): (nll, kl, nll_slope, kl_slope), each [N] or None.
+    nll: -log p(targets) ([N] token ids; any valid id where unused). kl: with `pre` ([N, V]
+    pre-edit log-probabilities), KL(p || pre) ("post_pre") or KL(pre || p) ("pre_post"). With
+    `slope`: each term's dR/dw for z = w * u + `bias` at w = 1 (module docstring)."""
+    logp = F.log_softmax(z, dim=-1)
+    y = targets.unsqueeze(-1)
+    nll = -logp.gather(-1, y).squeeze(-1)
+    kl = nll_slope = kl_slope = None
+    p = logp.exp() if slope or (pre is not None and direction == "post_pre") else None
+    if pre is not None:
+        if direction == "post_pre":
+            diff = logp - pre
+            kl = (p * diff).sum(-1)
+        else:
+            q = pre.exp()
+            kl = (q * (pre - logp)).sum(-1)
+    if slope:
+        u = z if bias is None else z - bias
+        mean_u = (p * u).sum(-1)
+        nll_slope = mean_u - u.gather(-1, y).squeeze(-1)
+        if pre is not None:
+            kl_slope = ((p * u * (diff - kl.unsqueeze(-1))).sum(-1) if direction == "post_pre"
+                        else mean_u - (q * u).sum(-1))
+    return nll, kl, nll_slope, kl_slope
 
 
 def mmd2(x: torch.Tensor, y: torch.Tensor, scales: int = 5, bandwidth: str = "differentiable") -> torch.Tensor:

@@ -32,6 +32,7 @@ import torch
 from odedit.config import ODEditConfig
 from odedit.editors import losses
 from odedit.editors.env_batch import EnvBatch
+from odedit.editors.readout import ReadOut
 from odedit.models.adapter import MLLMAdapter
 
 
@@ -85,10 +86,11 @@ class LambdaNet(torch.nn.Module):
 
 
 class _Layout:
-    """A step's environments as weights over its rows, so that every environment's risk (and
-    slope) is one matrix-vector product of per-row terms, not a loop of small ops per
-    environment. Environments in order IN first, then by name; an environment with rows in two
-    groups (image, text) weighs each part by its own mean, as G sums them."""
+    """A step's environments as weights over the positions its losses read (`ReadOut`: one row
+    per read position, every group's), so that every environment's risk (and slope) is one
+    matrix-vector product of per-position terms, not a loop of small ops per environment.
+    Environments in order IN first, then by name; an environment with rows in two groups
+    (image, text) weighs each part by its own mean, as G sums them."""
 
     KINDS = ("IN", "SE", "OUT", "KEEP")
 
@@ -98,47 +100,44 @@ class _Layout:
         kind_of = {er.env.name: er.env.kind for er in batch.rows}
         self.envs = names
         weight = {"IN": config.w_rel, "SE": config.w_se_nll, "KEEP": w_replay}
-
-        def tensor(rows):
-            return torch.tensor(rows, dtype=torch.float32, device=device)
-
-        self.device = device
-        # per group, the positions the losses read (the forward may skip the rest)
+        # per group, the positions the losses read (the forward computes only those)
         every = config.kl_positions == "all" or (bool(config.w_gen) and config.mmd_positions == "prompt")
         self.read = {g: losses.read_positions(enc.labels, enc.inputs["attention_mask"], every)
                      for g, enc in batch.encoded.items()}
-        self.nll_w, self.kl_w, self.out_rows, self.fit_w = {}, {}, {}, {}
-        self._member: dict[str, list] = {}
-        self.keep_rows: dict[str, list[torch.Tensor]] = {}  # KEEP parts: their fit is the worst row's NLL
-        self.in_fit: tuple[str, int] | None = None  # (group, row of fit_w) of IN's fit
-        for g, enc in batch.encoded.items():
-            parts = [(index[er.env.name], er.env.kind, er.rows.tolist()) for er in batch.rows if er.group == g]
-            out = sorted({r for _, kind, rows in parts if kind == "OUT" for r in rows})
-            at = {r: i for i, r in enumerate(out)}
-            nll_w = [[0.0] * enc.size for _ in names]
-            member = [[0.0] * enc.size for _ in names]
-            kl_w = [[0.0] * len(out) for _ in names]
-            fit_w = []
-            self.keep_rows[g] = []
-            for e, kind, rows in parts:
-                for r in rows:
-                    member[e][r] = 1.0
-                    if kind == "OUT":
-                        kl_w[e][at[r]] += config.w_loc / len(rows)
-                    else:
-                        nll_w[e][r] += weight[kind] / len(rows)
-                if kind == "KEEP":
-                    self.keep_rows[g].append(torch.tensor(rows, device=device))
-                elif kind in ("IN", "SE"):  # their fit: the part's mean target NLL
-                    if kind == "IN" and self.in_fit is None:
-                        self.in_fit = (g, len(fit_w))
-                    fit_w.append([1.0 / len(rows) if r in rows else 0.0 for r in range(enc.size)])
-            has_nll = any(kind != "OUT" for _, kind, _ in parts)
-            self.nll_w[g] = tensor(nll_w) if has_nll else None
-            self.fit_w[g] = tensor(fit_w) if fit_w else None
-            self.kl_w[g] = tensor(kl_w) if out else None
-            self.out_rows[g] = torch.tensor(out, dtype=torch.long, device=device) if out else None
-            self._member[g] = member
+        ro = self.readout = ReadOut.of(batch.encoded, self.read)
+        # per environment, {batch row: weight} in its NLL / KL risk: each part (an environment's
+        # rows in one group) weighs its rows by 1 / its rows; the fits (IN / SE parts: their
+        # mean target NLL; KEEP rows: their own) and the members of each environment
+        nll_w, kl_w = [{} for _ in names], [{} for _ in names]
+        member: list[list[int]] = [[] for _ in names]
+        fits, keep, out_rows = [], [], set()
+        self.in_fit: int | None = None  # row of fit_w that is IN's fit
+        for er in batch.rows:
+            e, kind, rows = index[er.env.name], er.env.kind, ro.global_rows(er.group, er.rows.tolist())
+            member[e] += rows
+            into = kl_w[e] if kind == "OUT" else nll_w[e]
+            w = (config.w_loc if kind == "OUT" else weight[kind]) / len(rows)
+            for r in rows:
+                into[r] = into.get(r, 0.0) + w
+            if kind == "OUT":
+                out_rows.update(rows)
+            elif kind == "KEEP":
+                keep += [{r: 1.0} for r in rows]
+            else:
+                if kind == "IN" and self.in_fit is None:
+                    self.in_fit = len(fits)
+                fits.append({r: 1.0 / len(rows) for r in rows})
+        per_row = ro.row_weights(ro.answer, config.nll_reduction)  # a row's NLL from its positions'
+        self.nll_w = ro.weights(nll_w, per_row, device) if fits or keep else None  # [environments, N]
+        self.fit_w = ro.weights(fits, per_row, device)
+        self.keep_w = ro.weights(keep, per_row, device) if keep else None
+        # KL positions: the OUT rows' answer positions, or every real one
+        at = ro.answer if config.kl_positions == "answer" else ro.real
+        self.kl_at = [r in out_rows and a for r, a in zip(ro.row, at)]
+        self.kl_w = ro.weights(kl_w, ro.row_weights(self.kl_at), device) if out_rows else None
+        self.pre_index: torch.Tensor | None = None  # per position, its row of the pre-edit table (the objective's)
+        self._member = member
+        self.mmd_index = None
         if config.w_gen:
             self._mmd_samples(batch, config, index, device)
         self.kinds = [k for k in self.KINDS if k in kind_of.values()]
@@ -146,41 +145,46 @@ class _Layout:
         kinds = tuple(kind_of[n] for n in names)
         if kinds not in shared:
             kind_mean = [[float(kind == k) for kind in kinds] for k in self.kinds]
-            shared[kinds] = tensor([[v / sum(row) for v in row] for row in kind_mean])
+            shared[kinds] = torch.tensor([[v / sum(row) for v in row] for row in kind_mean], device=device)
         self.kind_mean = shared[kinds]
 
     def member(self, group: str) -> torch.Tensor:
-        """[environments, rows] 1 where a row is the environment's (the "rows" slope mode's sum)."""
-        return torch.tensor(self._member[group], dtype=torch.float32, device=self.device)
+        """[environments, rows] 1 where a row of `group` is the environment's (the "rows" slope
+        mode's sum)."""
+        start, size = self.readout.offsets[group], self.read[group].shape[0]
+        m = [[0.0] * size for _ in self._member]
+        for e, rows in enumerate(self._member):
+            for r in rows:
+                if start <= r < start + size:
+                    m[e][r - start] = 1.0
+        return torch.tensor(m, dtype=torch.float32, device=self.read[group].device)
 
     def _mmd_samples(self, batch: EnvBatch, config: ODEditConfig, index: dict, device) -> None:
-        """Which last hidden states are MMD samples (answer positions, or real prompt tokens),
-        per group a mask over [rows, T-1]; of those, the IN part's (the reference sample of every
-        SE part) and each SE part's, as indices; and the SE parts' environments and sizes. An SE
-        part without samples has no MMD term, as before."""
-        self.state_mask, self.se_index = {}, {}
-        self.in_index: tuple[str, torch.Tensor] | None = None
-        self.se_env, self.se_sizes = [], []
-        for g, enc in batch.encoded.items():
-            answer = losses.answer_mask(enc.labels)
-            mask = answer if config.mmd_positions == "answer" else \
-                enc.inputs["attention_mask"][:, :-1].bool().to(answer.device) & ~answer
-            self.state_mask[g] = mask
-            at: dict[int, list[int]] = {}
-            for i, r in enumerate(mask.nonzero()[:, 0].tolist()):
+        """Which read positions' last hidden states are MMD samples (answer positions, or real
+        prompt tokens): `mmd_index`, the IN part's first (the reference sample of every SE part),
+        then each SE part's (groups in batch order); the SE parts' environments and sizes. An SE
+        part without samples has no MMD term."""
+        ro = self.readout
+        sample = ro.answer if config.mmd_positions == "answer" else [r and not a for r, a in zip(ro.real, ro.answer)]
+        at: dict[int, list[int]] = {}  # global row -> its sample positions
+        for i, (r, x) in enumerate(zip(ro.row, sample)):
+            if x:
                 at.setdefault(r, []).append(i)
-            se = []
+        in_idx, se_idx, self.se_env, self.se_sizes = None, [], [], []
+        for g in batch.encoded:
             for er in batch.rows:
                 if er.group != g or er.env.kind not in ("IN", "SE"):
                     continue
-                idx = [i for r in er.rows.tolist() for i in at.get(r, [])]
+                idx = [i for r in ro.global_rows(g, er.rows.tolist()) for i in at.get(r, [])]
                 if er.env.kind == "IN":
-                    self.in_index = (g, torch.tensor(idx, dtype=torch.long, device=device))
+                    in_idx = idx
                 elif idx:
-                    se += idx
+                    se_idx += idx
                     self.se_env.append(index[er.env.name])
                     self.se_sizes.append(len(idx))
-            self.se_index[g] = torch.tensor(se, dtype=torch.long, device=device) if se else None
+        self.in_size = len(in_idx or [])
+        if self.in_size and self.se_sizes:
+            self.mmd_index = torch.tensor(in_idx + se_idx, dtype=torch.long, device=device)
         self.se_env = torch.tensor(self.se_env, dtype=torch.long, device=device)
 
 
@@ -191,14 +195,24 @@ class ODEditObjective:
                  w_replay: float = 1.0):
         self.adapter, self.batch, self.params, self.config = adapter, batch, params, config
         self.w_replay = w_replay
-        with torch.no_grad():  # pre-edit distributions of the OUT rows (the KL's reference), computed once
-            out_rows = {g: sorted({r for er in batch.rows if er.env.kind == "OUT" and er.group == g
-                                   for r in er.rows.tolist()}) for g in batch.encoded}
-            self._pre = {g: l[out_rows[g]].detach() for g, (_, l) in batch.forward(adapter).items()}
-            self._pre_at = {}  # batch row -> row of self._pre (-1: not an OUT row)
-            for g, enc in batch.encoded.items():
-                self._pre_at[g] = torch.full((enc.size,), -1, dtype=torch.long)
-                self._pre_at[g][out_rows[g]] = torch.arange(len(out_rows[g]))
+        # pre-edit next-token log-probabilities at the KL's positions (its reference), once:
+        # a table with one row per such position of the whole batch and a last row of zeros (the
+        # row of every other position, whose KL weighs 0); per group [B, T] -> its row
+        self._shared: dict = {}  # what every step's layout shares (its kinds' averaging matrix)
+        self._full_layout = None
+        full = self._layout(batch)
+        at = [n for n, x in enumerate(full.kl_at) if x]
+        with torch.no_grad():
+            logits = ReadOut.cat(batch.forward(adapter, positions=full.read, compact=True))[1]
+            self._pre_table = torch.cat([torch.log_softmax(logits[at], dim=-1),
+                                         logits.new_zeros(1, logits.shape[-1])]).detach()
+        self._pre_row, slot, n = {}, {p: k for k, p in enumerate(at)}, 0
+        for g, (rs, ts) in full.readout.local.items():
+            mine = [i for i in range(len(rs)) if full.kl_at[n + i]]
+            self._pre_row[g] = torch.full(batch.encoded[g].labels.shape, len(at), dtype=torch.long)
+            self._pre_row[g][[rs[i] for i in mine], [ts[i] for i in mine]] = torch.tensor(
+                [slot[n + i] for i in mine], dtype=torch.long)
+            n += len(rs)
         # with the dual step off lambda IS lambda_init: no network, no sketch of the change per step
         # (which copies the whole edited tensor to the CPU) and no per-parameter hash memory
         self.lambda_net = LambdaNet(params, config, seed) if config.dual else None
@@ -207,8 +221,6 @@ class ODEditObjective:
         self.step_index = 0
         self._dual_pending = False
         self._rng = self.row_rng(seed)
-        self._full_layout = None
-        self._shared: dict = {}  # what every step's layout shares (its kinds' averaging matrix)
 
     @staticmethod
     def row_rng(seed: int) -> random.Random:
@@ -231,9 +243,17 @@ class ODEditObjective:
             return self._full_layout
         return _Layout(batch, self.config, self.w_replay, self.adapter.device, self._shared)
 
-    def _pre_logits(self, group: str, rows: torch.Tensor, length: int) -> torch.Tensor:
-        """Pre-edit logits of the OUT `rows` (rows of the whole batch), `length` positions."""
-        return self._pre[group][self._pre_at[group][rows]][:, :length]
+    def _pre_of(self, lay: "_Layout", orig: dict[str, torch.Tensor] | None) -> torch.Tensor:
+        """The pre-edit log-probabilities of a step's read positions ([N, V]; zeros where no KL
+        reads them): its rows of the table, looked up once per layout. `orig`: per group the
+        batch rows a sampled view's rows are (None: the batch itself)."""
+        if lay.pre_index is None:
+            parts = []
+            for g, (rs, ts) in lay.readout.local.items():
+                rows = torch.tensor(rs, dtype=torch.long)
+                parts.append(self._pre_row[g][rows if orig is None else orig[g].cpu()[rows], torch.tensor(ts, dtype=torch.long)])
+            lay.pre_index = torch.cat(parts).to(self._pre_table.device)
+        return self._pre_table.index_select(0, lay.pre_index)
 
     def _slope_mode(self, batch: EnvBatch, tv_on: bool) -> str | None:
         """How this step takes dR_e/dw (None: no penalty this step). All give the same values:
@@ -260,55 +280,45 @@ class ODEditObjective:
         dev = self.adapter.device
         if mode == "rows":
             w = {g: torch.ones(enc.size, 1, 1, device=dev, requires_grad=True) for g, enc in batch.encoded.items()}
-            out = batch.forward(self.adapter, scale=w, raw=True, positions=lay.read)
         elif mode == "loop":
             w = torch.ones((), device=dev, requires_grad=True)
-            out = batch.forward(self.adapter, scale=w, positions=lay.read)
         else:
             w = None
-            out = batch.forward(self.adapter, positions=lay.read)
+        # last hidden states and logits at the read positions only, one row each (`ReadOut`)
+        hidden, logits = ReadOut.cat(batch.forward(self.adapter, scale=w, raw=mode == "rows",
+                                                   positions=lay.read, compact=True))
         bias = self.adapter.model.get_output_embeddings().bias if mode == "closed" else None
         bias = None if bias is None else bias.detach().float()
+        pre = self._pre_of(lay, orig) if lay.kl_w is not None else None
+        nll, kl, nll_slope, kl_slope = losses.token_terms(logits, lay.readout.targets, pre, cfg.kl_direction,
+                                                          bias, slope=mode == "closed")
+        # IN / SE / KEEP rows: target NLL; OUT rows: KL to the pre-edit distributions
         risks = torch.zeros(len(lay.envs), device=dev)
         slopes = torch.zeros(len(lay.envs), device=dev) if mode == "closed" else None
-        fits: dict[str, torch.Tensor] = {}  # per IN / SE part its mean target NLL (the early-stop criterion)
-        keep_fits: list[torch.Tensor] = []  # per KEEP part its worst row's
-        for g, enc in batch.encoded.items():
-            logits = out[g][1]
-            if lay.nll_w[g] is not None:  # IN / SE / KEEP rows: target NLL
-                if mode != "closed":
-                    per = losses.nll(logits, enc.labels, cfg.nll_reduction)
-                else:
-                    per, sl = losses.nll_with_slope(logits, enc.labels, bias, cfg.nll_reduction)
-                    slopes = slopes + lay.nll_w[g] @ sl
-                risks = risks + lay.nll_w[g] @ per
-                if lay.fit_w[g] is not None:
-                    fits[g] = lay.fit_w[g] @ per.detach()
-                keep_fits += [per[rows].detach().max() for rows in lay.keep_rows[g]]
-            if lay.out_rows[g] is not None:  # OUT rows: KL to the pre-edit distributions
-                r = lay.out_rows[g]
-                pre = self._pre_logits(g, r if orig is None else orig[g][r], logits.shape[1])
-                k, sl = losses.kl_with_slope(logits[r], pre, enc.labels[r], cfg.kl_direction, cfg.kl_positions,
-                                             enc.inputs["attention_mask"][r], bias, slope=mode == "closed")
-                risks = risks + lay.kl_w[g] @ k
-                if sl is not None:
-                    slopes = slopes + lay.kl_w[g] @ sl
-        if cfg.w_gen and lay.in_index is not None and len(lay.in_index[1]) and lay.se_sizes:
-            # MMD samples: last hidden states at the answer (or prompt) positions; IN's first
-            states = {g: out[g][0][:, :-1][mask] for g, mask in lay.state_mask.items()}
-            g_in, i_in = lay.in_index
-            z = torch.cat([states[g_in][i_in]] + [states[g][i] for g, i in lay.se_index.items() if i is not None])
+        if lay.nll_w is not None:
+            risks = risks + lay.nll_w @ nll
+            if slopes is not None:
+                slopes = slopes + lay.nll_w @ nll_slope
+        if kl is not None:
+            risks = risks + lay.kl_w @ kl
+            if slopes is not None:
+                slopes = slopes + lay.kl_w @ kl_slope
+        if lay.mmd_index is not None:
+            # MMD samples: last hidden states at the answer (or prompt) positions, IN's first;
             # differentiated once (the penalty's own grads never pass through it, bar "loop")
-            mmd = losses.mmd2_pooled(z, len(i_in), lay.se_sizes, cfg.mmd_scales, cfg.mmd_bandwidth,
-                                     once=mode != "loop")
+            mmd = losses.mmd2_pooled(hidden.index_select(0, lay.mmd_index), lay.in_size, lay.se_sizes,
+                                     cfg.mmd_scales, cfg.mmd_bandwidth, once=mode != "loop")
             risks = risks.index_add(0, lay.se_env, cfg.w_gen * mmd)
         by_kind = lay.kind_mean @ risks
         total = by_kind.sum()
         stats = {f"risk_{k.lower()}": v for k, v in zip(lay.kinds, by_kind.detach().tolist())}
+        # the early-stop criterion: per IN / SE part its mean target NLL, per KEEP row its NLL
+        fits = lay.fit_w @ nll.detach()
         if cfg.stop_on == "in" and lay.in_fit is not None:
-            stats["fit"] = fits[lay.in_fit[0]][lay.in_fit[1]].item()
+            stats["fit"] = fits[lay.in_fit].item()
         else:
-            stats["fit"] = torch.cat(list(fits.values()) + [f.reshape(1) for f in keep_fits]).max().item()
+            keep = lay.keep_w @ nll.detach() if lay.keep_w is not None else fits[:0]
+            stats["fit"] = torch.cat([fits, keep]).max().item()
         if mode is not None and len(lay.envs) > 1:
             penalty = self._risk_slopes(mode, risks, slopes, lay, w).abs().mean().pow(2)
             if self._dual_pending:  # the risks now are those at phi^{k+1}: Eq. 13's dual step

@@ -16,6 +16,7 @@ from odedit.delta import AppliedDelta, Delta, delta_from, snapshot
 from odedit.editors import losses
 from odedit.editors.env_batch import EnvBatch
 from odedit.editors.odedit import ODEditObjective
+from odedit.editors.readout import ReadOut
 from odedit.editors.registry import BASE_EDITORS
 from odedit.environments import Environment, EnvironmentSet
 from odedit.models.adapter import MLLMAdapter, Sample
@@ -46,24 +47,25 @@ class PlainObjective:
 
     def __init__(self, adapter: MLLMAdapter, batch: EnvBatch, w_replay: float = 1.0):
         self.adapter, self.batch, self.w_replay = adapter, batch, w_replay
-        # each group's IN and KEEP rows (the batch is fixed for the objective's life)
-        self._rows = {(g, kind): rows for g in batch.encoded for kind in ("IN", "KEEP")
-                      if (rows := [r for er in batch.rows if er.group == g and er.env.kind == kind
-                                   for r in er.rows.tolist()])}
-        self._read = {g: losses.read_positions(enc.labels) for g, enc in batch.encoded.items()}
+        # the answer positions only, one row each (`ReadOut`); per kind the mean over its rows
+        # of each row's mean NLL, and per KEEP row its NLL (the batch is fixed for the objective's life)
+        self._readout = ReadOut.of(batch.encoded, {g: losses.read_positions(enc.labels)
+                                                   for g, enc in batch.encoded.items()})
+        ro, dev = self._readout, adapter.device
+        rows = {kind: [r for er in batch.rows if er.env.kind == kind for r in ro.global_rows(er.group, er.rows.tolist())]
+                for kind in ("IN", "KEEP")}
+        per_row = ro.row_weights(ro.answer)
+        self._in = ro.weights([{r: 1.0 / len(rows["IN"]) for r in rows["IN"]}], per_row, dev)[0]
+        self._keep = ro.weights([{r: 1.0} for r in rows["KEEP"]], per_row, dev) if rows["KEEP"] else None
 
     def __call__(self):
-        per: dict[str, list[torch.Tensor]] = {}
-        for g, enc in self.batch.encoded.items():  # one NLL over each group's rows, then each kind's
-            nll = losses.nll(self.adapter.hidden_and_logits(enc, positions=self._read[g])[1], enc.labels)
-            for kind in ("IN", "KEEP"):
-                if (g, kind) in self._rows:
-                    per.setdefault(kind, []).append(nll[self._rows[(g, kind)]])
-        fit = torch.cat(per["IN"]).mean()
+        logits = ReadOut.cat(self.batch.forward(self.adapter, positions=self._readout.read, compact=True))[1]
+        tok = torch.nn.functional.cross_entropy(logits, self._readout.targets, reduction="none")
+        fit = self._in @ tok
         loss = fit
         stats = {"fit": fit.item()}
-        if "KEEP" in per:
-            keep = torch.cat(per["KEEP"])
+        if self._keep is not None:
+            keep = self._keep @ tok
             loss = loss + self.w_replay * keep.mean()
             stats["fit"] = max(stats["fit"], keep.max().item())
         return loss, stats

@@ -152,11 +152,15 @@ class _MLPAtPositions(torch.nn.Module):
         return _at_positions(lambda part: self.mlp(part, *args, **kwargs), x, self.index)
 
 
+def _rows_at(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x [..., d] at the flat positions `index`: [len(index), d]."""
+    return x.reshape(-1, x.shape[-1]).index_select(0, index)
+
+
 def _at_positions(fn, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """fn (per position) applied to x [..., d] only at the flat positions `index`; 0 elsewhere."""
-    flat = x.reshape(-1, x.shape[-1])
-    part = fn(flat.index_select(0, index))
-    return part.new_zeros(flat.shape[0], part.shape[-1]).index_copy(0, index, part).view(*x.shape[:-1], -1)
+    part = fn(_rows_at(x, index))
+    return part.new_zeros(x.shape[:-1].numel(), part.shape[-1]).index_copy(0, index, part).view(*x.shape[:-1], -1)
 
 
 def _swapped(parent: torch.nn.Module, path: str, new: torch.nn.Module) -> tuple[torch.nn.Module, str, torch.nn.Module]:
@@ -391,20 +395,25 @@ class MLLMAdapter:
                 setattr(owner, attr, old)
 
     def hidden_and_logits(self, enc: Encoded, scale: torch.Tensor | None = None, raw: bool = False,
-                          positions: torch.Tensor | None = None):
+                          positions: torch.Tensor | None = None, compact: bool = False):
         """Last hidden state (optionally multiplied by `scale`; `raw` returns it unscaled, while
         the logits still see the scale) and the LM-head logits. The full forward is the model's
         own (whatever its family adds after the head, e.g. logit soft-capping, stays), with the
         hidden state taken (and scaled) at the LM head's input. `positions` ([B, T] bool): the
         only positions the caller reads; elsewhere the values may be left uncomputed (prefix-cached
-        batches: the LM head, and `_decoder_from_prefix`)."""
+        batches: the LM head, and `_decoder_from_prefix`). `compact` (with `positions`): both
+        only there, one row per read position in row-major order ([N, d] and [N, V]), nothing
+        scattered back into [B, T, ...]."""
         head = self.model.get_output_embeddings()
+        index = None if positions is None else positions.reshape(-1).nonzero().squeeze(1)
         if enc.prefix is not None:
-            index = None if positions is None else positions.reshape(-1).nonzero().squeeze(1)
             hidden = self._decoder_from_prefix(enc, index).last_hidden_state
             scaled = hidden if scale is None else hidden * scale
             if index is None:
                 return hidden if raw else scaled, head(scaled).float()
+            if compact:
+                part = _rows_at(scaled, index)
+                return _rows_at(hidden, index) if raw and scale is not None else part, head(part).float()
             return hidden if raw else scaled, _at_positions(lambda part: head(part).float(), scaled, index)  # the head too
         seen = {}
 
@@ -419,6 +428,8 @@ class MLLMAdapter:
             out = module(**inputs, use_cache=False)
         finally:
             handle.remove()
+        if compact and index is not None:
+            return _rows_at(seen["hidden"], index), _rows_at(out.logits, index).float()
         return seen["hidden"], out.logits.float()
 
     def logits(self, enc: Encoded) -> torch.Tensor:
