@@ -120,6 +120,27 @@ def test_closed_form_slopes_equal_autograd():
             assert torch.allclose(per, want, atol=1e-6), (every, direction)
 
 
+def test_fused_token_terms_gradient_is_the_numerical_one():
+    """_TokenTerms (token_terms with slopes): its written-out gradient of all four outputs
+    (NLL, KL, their slopes) against finite differences, both KL directions, a zero pre row (the
+    objective's row for positions no KL reads) included; its values are the unfused ones."""
+    from odedit.editors.losses import _TokenTerms
+
+    torch.manual_seed(3)
+    N, V = 5, 6
+    z = torch.randn(N, V, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 3, 5, 1, 2])
+    pre = torch.log_softmax(torch.randn(N, V, dtype=torch.float64), dim=-1)
+    pre[2] = 0.0
+    b = torch.randn(V, dtype=torch.float64)
+    for post_pre in (True, False):
+        assert torch.autograd.gradcheck(lambda x: _TokenTerms.apply(x, y, pre, b, post_pre), (z,))
+        fused = losses.token_terms(z, y, pre, "post_pre" if post_pre else "pre_post", b, slope=True)
+        plain = losses.token_terms(z, y, pre, "post_pre" if post_pre else "pre_post")
+        assert torch.allclose(fused[0], plain[0]) and torch.allclose(fused[1], plain[1])
+    assert torch.autograd.gradcheck(lambda x: _TokenTerms.apply(x, y, z.new_zeros(0), b, True)[::2], (z,))
+
+
 def test_batched_mmd_equals_one_pair_at_a_time():
     torch.manual_seed(2)
     x = torch.randn(4, 5)
