@@ -81,26 +81,26 @@ def kl(post_logits, pre_logits, labels, direction: str = "post_pre", positions: 
 
 
 def token_terms(z: torch.Tensor, targets: torch.Tensor, pre: torch.Tensor | None = None,
-                direction: str = "post_pre", bias: torch.Tensor | None = None, slope: bool = False):
+                direction: str = "post_pre", bias: torch.Tensor | None = None, slope: bool = False) -> torch.Tensor:
     """Per-position terms on compact logits z [N, V] (one row per read position,
-    `readout.ReadOut`): (nll, kl, nll_slope, kl_slope), each [N] or None.
+    `readout.ReadOut`), as one [N, 2] tensor (nll, kl), or with `slope` [N, 4] (nll, nll_slope,
+    kl, kl_slope): viewed as [2N, 1 or 2], one row per (position, term), a matrix of weights
+    over those rows gives every risk (and slope) at once.
     nll: -log p(targets) ([N] token ids; any valid id where unused). kl: with `pre` ([N, V]
-    pre-edit log-probabilities), KL(p || pre) ("post_pre") or KL(pre || p) ("pre_post"). With
-    `slope`: each term's dR/dw for z = w * u + `bias` at w = 1 (module docstring), through one
-    fused function (`_TokenTerms`: the same values, its gradient written out; differentiable
-    once, as the closed-form slopes need)."""
+    pre-edit log-probabilities; without it 0), KL(p || pre) ("post_pre") or KL(pre || p)
+    ("pre_post"). With `slope`: each term's dR/dw for z = w * u + `bias` at w = 1 (module
+    docstring), through one fused function (`_TokenTerms`: the same values, its gradient
+    written out; differentiable once, as the closed-form slopes need)."""
     if slope:
         b = z.new_zeros(z.shape[-1]) if bias is None else bias
-        has_kl = pre is not None
-        nll, kl, nll_slope, kl_slope = _TokenTerms.apply(z, targets, pre if has_kl else z.new_zeros(0), b,
-                                                         direction == "post_pre")
-        return nll, kl if has_kl else None, nll_slope, kl_slope if has_kl else None
+        return _TokenTerms.apply(z, targets, z.new_zeros(0) if pre is None else pre, b, direction == "post_pre")
     logp = F.log_softmax(z, dim=-1)
     nll = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    kl = None
-    if pre is not None:
+    if pre is None:
+        kl = torch.zeros_like(nll)
+    else:
         kl = (logp.exp() * (logp - pre)).sum(-1) if direction == "post_pre" else (pre.exp() * (pre - logp)).sum(-1)
-    return nll, kl, None, None
+    return torch.stack([nll, kl], dim=-1)
 
 
 class _TokenTerms(torch.autograd.Function):
@@ -112,7 +112,8 @@ class _TokenTerms(torch.autograd.Function):
       d kl / dz         = p (a - kl)                                            (post_pre)
       d kl_slope / dz   = p (u a - A + a + u - m - m (a - kl) - kl (u - m + 1))  (post_pre)
       d kl / dz         = p sum(q) - q,  d kl_slope / dz = p (u - m + 1) - q    (pre_post)
-    (kl_slope = A - kl m for post_pre, m - sum q u for pre_post). Tested against autograd."""
+    (kl_slope = A - kl m for post_pre, m - sum q u for pre_post). Output [N, 4]: nll, nll_slope,
+    kl, kl_slope. Tested against finite differences."""
 
     @staticmethod
     def forward(ctx, z, targets, pre, bias, post_pre: bool):
@@ -135,15 +136,13 @@ class _TokenTerms(torch.autograd.Function):
             kl_slope = m - (q * u).sum(-1)
         ctx.post_pre = post_pre
         ctx.save_for_backward(p, u, m, targets, pre, kl, logp)
-        ctx.mark_non_differentiable(targets)
-        return nll, kl, nll_slope, kl_slope
+        return torch.stack([nll, nll_slope, kl, kl_slope], dim=-1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, g_nll, g_kl, g_nll_slope, g_kl_slope):
+    def backward(ctx, g):
         p, u, m, targets, pre, kl, logp = ctx.saved_tensors
-        zero = torch.zeros_like(m)
-        g_nll, g_kl, g_ns, g_ks = (zero if g is None else g for g in (g_nll, g_kl, g_nll_slope, g_kl_slope))
+        g_nll, g_ns, g_kl, g_ks = g.unbind(-1)
         du = u - m.unsqueeze(-1) + 1  # d m / dz = p (u - m + 1)
         coef = g_nll.unsqueeze(-1) + g_ns.unsqueeze(-1) * du  # times p
         hot = -(g_nll + g_ns)  # times e_y

@@ -127,14 +127,21 @@ class _Layout:
                 if kind == "IN" and self.in_fit is None:
                     self.in_fit = len(fits)
                 fits.append({r: 1.0 / len(rows) for r in rows})
-        per_row = ro.row_weights(ro.answer, config.nll_reduction)  # a row's NLL from its positions'
-        self.nll_w = ro.weights(nll_w, per_row, device) if fits or keep else None  # [environments, N]
-        self.fit_w = ro.weights(fits, per_row, device)
-        self.keep_w = ro.weights(keep, per_row, device) if keep else None
         # KL positions: the OUT rows' answer positions, or every real one
         at = ro.answer if config.kl_positions == "answer" else ro.real
         self.kl_at = [r in out_rows and a for r, a in zip(ro.row, at)]
-        self.kl_w = ro.weights(kl_w, ro.row_weights(self.kl_at), device) if out_rows else None
+        # the risks' weights over (position, term) rows, `losses.token_terms` viewed as [2N, .]:
+        # [environments, 2N], the NLL at 2n (a row's NLL from its answer positions'), the KL at
+        # 2n + 1; the fits' and the KEEP rows' over the NLLs, [., N]: one tensor made for all
+        per_row = ro.row_weights(ro.answer, config.nll_reduction)
+        w = ro.spread(kl_w, ro.row_weights(self.kl_at), 2, 1, into=ro.spread(nll_w, per_row, 2, 0))
+        fit_w, keep_w = ro.spread(fits, per_row), ro.spread(keep, per_row)
+        flat = torch.tensor([x for m in (w, fit_w, keep_w) for row in m for x in row], device=device)
+        n_w, n_fit = len(names) * 2 * ro.size, len(fits) * ro.size
+        self.w = flat[:n_w].view(len(names), 2 * ro.size)
+        self.fit_w = flat[n_w:n_w + n_fit].view(len(fits), ro.size)
+        self.keep_w = flat[n_w + n_fit:].view(len(keep), ro.size) if keep else None
+        self.has_kl = bool(out_rows)
         self.pre_index: torch.Tensor | None = None  # per position, its row of the pre-edit table (the objective's)
         self._member = member
         self.mmd_index = None
@@ -206,13 +213,9 @@ class ODEditObjective:
             logits = ReadOut.cat(batch.forward(adapter, positions=full.read, compact=True))[1]
             self._pre_table = torch.cat([torch.log_softmax(logits[at], dim=-1),
                                          logits.new_zeros(1, logits.shape[-1])]).detach()
-        self._pre_row, slot, n = {}, {p: k for k, p in enumerate(at)}, 0
-        for g, (rs, ts) in full.readout.local.items():
-            mine = [i for i in range(len(rs)) if full.kl_at[n + i]]
-            self._pre_row[g] = torch.full(batch.encoded[g].labels.shape, len(at), dtype=torch.long)
-            self._pre_row[g][[rs[i] for i in mine], [ts[i] for i in mine]] = torch.tensor(
-                [slot[n + i] for i in mine], dtype=torch.long)
-            n += len(rs)
+        where = [(g, r, t) for g, (rs, ts) in full.readout.local.items() for r, t in zip(rs, ts)]
+        self._pre_slot = {where[n]: k for k, n in enumerate(at)}  # (group, batch row, t) -> row of the table
+        self._set_pre_index(full, None)
         # with the dual step off lambda IS lambda_init: no network, no sketch of the change per step
         # (which copies the whole edited tensor to the CPU) and no per-parameter hash memory
         self.lambda_net = LambdaNet(params, config, seed) if config.dual else None
@@ -235,25 +238,27 @@ class ODEditObjective:
             return self.batch, None
         return self.batch.sample(self.config.env_samples, self._rng, whole=("IN", "KEEP"))
 
-    def _layout(self, batch: EnvBatch) -> "_Layout":
-        """Where this step's environments sit in its rows (built once for the whole batch)."""
+    def _layout(self, batch: EnvBatch, orig: dict[str, torch.Tensor] | None = None) -> "_Layout":
+        """Where this step's environments sit in its rows (built once for the whole batch); `orig`
+        as `_set_pre_index`'s."""
         if batch is self.batch:
             if self._full_layout is None:
                 self._full_layout = _Layout(batch, self.config, self.w_replay, self.adapter.device, self._shared)
             return self._full_layout
-        return _Layout(batch, self.config, self.w_replay, self.adapter.device, self._shared)
+        lay = _Layout(batch, self.config, self.w_replay, self.adapter.device, self._shared)
+        self._set_pre_index(lay, orig)
+        return lay
 
-    def _pre_of(self, lay: "_Layout", orig: dict[str, torch.Tensor] | None) -> torch.Tensor:
-        """The pre-edit log-probabilities of a step's read positions ([N, V]; zeros where no KL
-        reads them): its rows of the table, looked up once per layout. `orig`: per group the
-        batch rows a sampled view's rows are (None: the batch itself)."""
-        if lay.pre_index is None:
-            parts = []
-            for g, (rs, ts) in lay.readout.local.items():
-                rows = torch.tensor(rs, dtype=torch.long)
-                parts.append(self._pre_row[g][rows if orig is None else orig[g].cpu()[rows], torch.tensor(ts, dtype=torch.long)])
-            lay.pre_index = torch.cat(parts).to(self._pre_table.device)
-        return self._pre_table.index_select(0, lay.pre_index)
+    def _set_pre_index(self, lay: "_Layout", orig: dict[str, torch.Tensor] | None) -> None:
+        """Per read position of a step, its row of the pre-edit table (the last, zeros, where no
+        KL reads it). `orig`: per group the batch rows a sampled view's rows are (None: the batch)."""
+        if not lay.has_kl:
+            return
+        none, index = len(self._pre_table) - 1, []
+        for g, (rs, ts) in lay.readout.local.items():
+            back = orig[g].tolist() if orig is not None else None
+            index += [self._pre_slot.get((g, r if back is None else back[r], t), none) for r, t in zip(rs, ts)]
+        lay.pre_index = torch.tensor(index, dtype=torch.long, device=self._pre_table.device)
 
     def _slope_mode(self, batch: EnvBatch, tv_on: bool) -> str | None:
         """How this step takes dR_e/dw (None: no penalty this step). All give the same values:
@@ -275,7 +280,7 @@ class ODEditObjective:
     def __call__(self) -> tuple[torch.Tensor, dict]:
         cfg = self.config
         batch, orig = self._step_batch()
-        lay = self._layout(batch)
+        lay = self._layout(batch, orig)
         mode = self._slope_mode(batch, cfg.tv and self.step_index >= cfg.tv_warmup_steps and len(batch.rows) > 1)
         dev = self.adapter.device
         if mode == "rows":
@@ -289,20 +294,13 @@ class ODEditObjective:
                                                    positions=lay.read, compact=True))
         bias = self.adapter.model.get_output_embeddings().bias if mode == "closed" else None
         bias = None if bias is None else bias.detach().float()
-        pre = self._pre_of(lay, orig) if lay.kl_w is not None else None
-        nll, kl, nll_slope, kl_slope = losses.token_terms(logits, lay.readout.targets, pre, cfg.kl_direction,
-                                                          bias, slope=mode == "closed")
-        # IN / SE / KEEP rows: target NLL; OUT rows: KL to the pre-edit distributions
-        risks = torch.zeros(len(lay.envs), device=dev)
-        slopes = torch.zeros(len(lay.envs), device=dev) if mode == "closed" else None
-        if lay.nll_w is not None:
-            risks = risks + lay.nll_w @ nll
-            if slopes is not None:
-                slopes = slopes + lay.nll_w @ nll_slope
-        if kl is not None:
-            risks = risks + lay.kl_w @ kl
-            if slopes is not None:
-                slopes = slopes + lay.kl_w @ kl_slope
+        pre = self._pre_table.index_select(0, lay.pre_index) if lay.pre_index is not None else None
+        terms = losses.token_terms(logits, lay.readout.targets, pre, cfg.kl_direction, bias, slope=mode == "closed")
+        # every environment's risk (IN / SE / KEEP rows: target NLL; OUT rows: KL to the
+        # pre-edit distributions) and, in closed form, its slope: one product
+        weighted = lay.w @ terms.view(2 * lay.readout.size, -1)
+        risks = weighted[:, 0]
+        slopes = weighted[:, 1] if mode == "closed" else None
         if lay.mmd_index is not None:
             # MMD samples: last hidden states at the answer (or prompt) positions, IN's first;
             # differentiated once (the penalty's own grads never pass through it, bar "loop")
@@ -313,11 +311,12 @@ class ODEditObjective:
         total = by_kind.sum()
         stats = {f"risk_{k.lower()}": v for k, v in zip(lay.kinds, by_kind.detach().tolist())}
         # the early-stop criterion: per IN / SE part its mean target NLL, per KEEP row its NLL
-        fits = lay.fit_w @ nll.detach()
+        nll = terms[:, 0].detach()
+        fits = lay.fit_w @ nll
         if cfg.stop_on == "in" and lay.in_fit is not None:
             stats["fit"] = fits[lay.in_fit].item()
         else:
-            keep = lay.keep_w @ nll.detach() if lay.keep_w is not None else fits[:0]
+            keep = lay.keep_w @ nll if lay.keep_w is not None else fits[:0]
             stats["fit"] = torch.cat([fits, keep]).max().item()
         if mode is not None and len(lay.envs) > 1:
             penalty = self._risk_slopes(mode, risks, slopes, lay, w).abs().mean().pow(2)

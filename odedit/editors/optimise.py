@@ -54,9 +54,9 @@ class PlainObjective:
         ro, dev = self._readout, adapter.device
         rows = {kind: [r for er in batch.rows if er.env.kind == kind for r in ro.global_rows(er.group, er.rows.tolist())]
                 for kind in ("IN", "KEEP")}
-        per_row = ro.row_weights(ro.answer)
-        self._in = ro.weights([{r: 1.0 / len(rows["IN"]) for r in rows["IN"]}], per_row, dev)[0]
-        self._keep = ro.weights([{r: 1.0} for r in rows["KEEP"]], per_row, dev) if rows["KEEP"] else None
+        parts = [{r: 1.0 / len(rows["IN"]) for r in rows["IN"]}] + [{r: 1.0} for r in rows["KEEP"]]
+        w = torch.tensor(ro.spread(parts, ro.row_weights(ro.answer)), device=dev).reshape(len(parts), ro.size)
+        self._in, self._keep = w[0], (w[1:] if rows["KEEP"] else None)
 
     def __call__(self):
         logits = ReadOut.cat(self.batch.forward(self.adapter, positions=self._readout.read, compact=True))[1]

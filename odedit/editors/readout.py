@@ -71,15 +71,17 @@ class ReadOut:
                     at[n] = 1.0 / len(at)
         return out
 
-    def weights(self, parts: list[dict[int, float]], per_row: list[dict[int, float]], device) -> torch.Tensor:
-        """[len(parts), N]: each part ({batch row: weight}) as weights over positions, each row's
-        weight spread by `per_row` (`row_weights`)."""
-        m = [[0.0] * self.size for _ in parts]
+    def spread(self, parts: list[dict[int, float]], per_row: list[dict[int, float]], width: int = 1,
+               offset: int = 0, into: list[list[float]] | None = None) -> list[list[float]]:
+        """Each part ({batch row: weight}) as weights over positions, each row's weight spread by
+        `per_row` (`row_weights`): a list per part of N * `width` floats, position n's at
+        n * width + `offset` (several terms per position side by side), added to `into` if given."""
+        m = into if into is not None else [[0.0] * (self.size * width) for _ in parts]
         for i, part in enumerate(parts):
             for r, w in part.items():
                 for n, x in per_row[r].items():
-                    m[i][n] += w * x
-        return torch.tensor(m, dtype=torch.float32, device=device).reshape(len(parts), self.size)
+                    m[i][n * width + offset] += w * x
+        return m
 
     def global_rows(self, group: str, rows: list[int]) -> list[int]:
         """Rows of one group's batch as global rows."""
