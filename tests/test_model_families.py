@@ -121,8 +121,8 @@ def test_family_loads_encodes_one_bos_and_caches_exactly(family, family_adapter)
             read = read_positions(enc.labels)
             inside = adapter.cache_prefix(enc, adapter.num_layers() // 2, inside=True)
             assert (inside.key is not None and inside.attn is not None) == adapter.family.mlp_cache
-            got = adapter.hidden_and_logits(inside, positions=read)[1]
-            assert torch.allclose(got[read], full[read], atol=1e-5, rtol=0), (got[read] - full[read]).abs().max()
+            got = adapter.hidden_and_logits(inside, positions=read)[1]  # one row per read position
+            assert torch.allclose(got, full[read], atol=1e-5, rtol=0), (got - full[read]).abs().max()
 
 
 @pytest.mark.parametrize("family", FAMILIES)

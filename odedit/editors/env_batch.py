@@ -133,11 +133,11 @@ class EnvBatch:
         return view, keep
 
     def forward(self, adapter: MLLMAdapter, scale: torch.Tensor | dict[str, torch.Tensor] | None = None,
-                raw: bool = False, positions: dict[str, torch.Tensor] | None = None, compact: bool = False):
+                raw: bool = False, positions: dict[str, torch.Tensor] | None = None):
         """{group: (hidden, logits)} for every group; `scale` one tensor for all groups or one per
-        group (e.g. a [rows, 1, 1] scale per row); `raw`, `positions` (per group, the positions
-        the caller reads) and `compact` as in `MLLMAdapter.hidden_and_logits`."""
+        group (e.g. a [rows, 1, 1] scale per row); `raw` and `positions` (per group, the positions
+        the caller reads: then both only there, one row each) as in `MLLMAdapter.hidden_and_logits`."""
         def of(g):
             return scale.get(g) if isinstance(scale, dict) else scale
-        return {g: adapter.hidden_and_logits(enc, of(g), raw, None if positions is None else positions.get(g), compact)
+        return {g: adapter.hidden_and_logits(enc, of(g), raw, None if positions is None else positions.get(g))
                 for g, enc in self.encoded.items()}

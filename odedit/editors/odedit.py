@@ -87,8 +87,8 @@ class LambdaNet(torch.nn.Module):
 
 class _Layout:
     """A step's environments as weights over the positions its losses read (`ReadOut`: one row
-    per read position, every group's), so that every environment's risk (and slope) is one
-    matrix-vector product of per-position terms, not a loop of small ops per environment.
+    per read position, every group's), so that every environment's risk and slope come from one
+    matrix product with the per-position terms, not a loop of small ops per environment.
     Environments in order IN first, then by name; an environment with rows in two groups
     (image, text) weighs each part by its own mean, as G sums them."""
 
@@ -116,9 +116,9 @@ class _Layout:
             e, kind, rows = index[er.env.name], er.env.kind, ro.global_rows(er.group, er.rows.tolist())
             member[e] += rows
             into = kl_w[e] if kind == "OUT" else nll_w[e]
-            w = (config.w_loc if kind == "OUT" else weight[kind]) / len(rows)
+            share = (config.w_loc if kind == "OUT" else weight[kind]) / len(rows)
             for r in rows:
-                into[r] = into.get(r, 0.0) + w
+                into[r] = into.get(r, 0.0) + share
             if kind == "OUT":
                 out_rows.update(rows)
             elif kind == "KEEP":
@@ -210,7 +210,7 @@ class ODEditObjective:
         full = self._layout(batch)
         at = [n for n, x in enumerate(full.kl_at) if x]
         with torch.no_grad():
-            logits = ReadOut.cat(batch.forward(adapter, positions=full.read, compact=True))[1]
+            logits = ReadOut.cat(batch.forward(adapter, positions=full.read))[1]
             self._pre_table = torch.cat([torch.log_softmax(logits[at], dim=-1),
                                          logits.new_zeros(1, logits.shape[-1])]).detach()
         where = [(g, r, t) for g, (rs, ts) in full.readout.local.items() for r, t in zip(rs, ts)]
@@ -290,8 +290,7 @@ class ODEditObjective:
         else:
             w = None
         # last hidden states and logits at the read positions only, one row each (`ReadOut`)
-        hidden, logits = ReadOut.cat(batch.forward(self.adapter, scale=w, raw=mode == "rows",
-                                                   positions=lay.read, compact=True))
+        hidden, logits = ReadOut.cat(batch.forward(self.adapter, scale=w, raw=mode == "rows", positions=lay.read))
         bias = self.adapter.model.get_output_embeddings().bias if mode == "closed" else None
         bias = None if bias is None else bias.detach().float()
         pre = self._pre_table.index_select(0, lay.pre_index) if lay.pre_index is not None else None

@@ -59,7 +59,7 @@ class PlainObjective:
         self._in, self._keep = w[0], (w[1:] if rows["KEEP"] else None)
 
     def __call__(self):
-        logits = ReadOut.cat(self.batch.forward(self.adapter, positions=self._readout.read, compact=True))[1]
+        logits = ReadOut.cat(self.batch.forward(self.adapter, positions=self._readout.read))[1]
         tok = torch.nn.functional.cross_entropy(logits, self._readout.targets, reduction="none")
         fit = self._in @ tok
         loss = fit

@@ -1,6 +1,6 @@
 """The positions a step's losses read, one row each ("compact").
 
-With `EnvBatch.forward(positions=..., compact=True)` the forward returns the last hidden states
+With `EnvBatch.forward(positions=...)` the forward returns the last hidden states
 and the logits only at the read positions, per group [N_g, d]; concatenated in the batch's group
 order they are the rows of this module's `ReadOut`. It maps batch rows and environments onto
 those rows, so that a per-row mean of per-position terms (a sample's NLL or KL) or a weighted sum

@@ -395,15 +395,14 @@ class MLLMAdapter:
                 setattr(owner, attr, old)
 
     def hidden_and_logits(self, enc: Encoded, scale: torch.Tensor | None = None, raw: bool = False,
-                          positions: torch.Tensor | None = None, compact: bool = False):
+                          positions: torch.Tensor | None = None):
         """Last hidden state (optionally multiplied by `scale`; `raw` returns it unscaled, while
         the logits still see the scale) and the LM-head logits. The full forward is the model's
         own (whatever its family adds after the head, e.g. logit soft-capping, stays), with the
         hidden state taken (and scaled) at the LM head's input. `positions` ([B, T] bool): the
-        only positions the caller reads; elsewhere the values may be left uncomputed (prefix-cached
-        batches: the LM head, and `_decoder_from_prefix`). `compact` (with `positions`): both
-        only there, one row per read position in row-major order ([N, d] and [N, V]), nothing
-        scattered back into [B, T, ...]."""
+        only positions the caller reads; both are then returned only there, one row per position
+        in row-major order ([N, d] and [N, V]), and on prefix-cached batches the LM head (and the
+        top MLP, `_decoder_from_prefix`) run only there."""
         head = self.model.get_output_embeddings()
         index = None if positions is None else positions.reshape(-1).nonzero().squeeze(1)
         if enc.prefix is not None:
@@ -411,10 +410,8 @@ class MLLMAdapter:
             scaled = hidden if scale is None else hidden * scale
             if index is None:
                 return hidden if raw else scaled, head(scaled).float()
-            if compact:
-                part = _rows_at(scaled, index)
-                return _rows_at(hidden, index) if raw and scale is not None else part, head(part).float()
-            return hidden if raw else scaled, _at_positions(lambda part: head(part).float(), scaled, index)  # the head too
+            part = _rows_at(scaled, index)  # the head too only where read
+            return _rows_at(hidden, index) if raw and scale is not None else part, head(part).float()
         seen = {}
 
         def at_head(_module, args):
@@ -428,7 +425,7 @@ class MLLMAdapter:
             out = module(**inputs, use_cache=False)
         finally:
             handle.remove()
-        if compact and index is not None:
+        if index is not None:
             return _rows_at(seen["hidden"], index), _rows_at(out.logits, index).float()
         return seen["hidden"], out.logits.float()
 
