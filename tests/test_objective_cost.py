@@ -201,3 +201,27 @@ def test_cached_layer_insides_give_the_same_risks_and_gradient(adapter, world, w
         for h in hooks:
             h.remove()
         editor.abort()
+
+
+def test_objective_without_out_environments_takes_no_pre_edit_reference(adapter, world, world_requests):
+    """The locality ablation (`[-loc]`: w_loc 0 and no OUT environments): no KL, no pre-edit
+    forward at all; the other risks are still those of the environments one by one."""
+    root, requests = world_requests
+    cfg = EditConfig.from_dict({"method": "odedit-ft-l", "odedit": {"env_samples": 0, "tv": False, "w_loc": 0.0,
+                                                                       "n_out_text": 0, "n_out_image": 0}})
+    es = build_environments(requests[1], root, cfg.odedit, world.locality_pool(64, requests[1].subject), seed=0)
+    editor = BASE_EDITORS["ft-l"](adapter, cfg.base)
+    params = editor.begin()
+    try:
+        batch = EnvBatch(adapter, es.train, prefix_layer=editor.layer)
+        objective = ODEditObjective(adapter, batch, params, cfg.odedit, seed=0)
+        assert objective._pre_table is None
+        with torch.no_grad():
+            want, fit = _reference_risks(adapter, batch, None, cfg.odedit)
+            total, stats = objective()
+        assert "OUT" not in want and "risk_out" not in stats
+        for kind, value in want.items():
+            assert stats[f"risk_{kind.lower()}"] == pytest.approx(value, rel=1e-4, abs=1e-6), kind
+        assert stats["fit"] == pytest.approx(fit, rel=1e-4)
+    finally:
+        editor.abort()

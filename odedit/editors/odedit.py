@@ -204,18 +204,20 @@ class ODEditObjective:
         self.w_replay = w_replay
         # pre-edit next-token log-probabilities at the KL's positions (its reference), once:
         # a table with one row per such position of the whole batch and a last row of zeros (the
-        # row of every other position, whose KL weighs 0); per group [B, T] -> its row
+        # row of every other position, whose KL weighs 0), and (group, batch row, t) -> its row
         self._shared: dict = {}  # what every step's layout shares (its kinds' averaging matrix)
         self._full_layout = None
         full = self._layout(batch)
         at = [n for n, x in enumerate(full.kl_at) if x]
-        with torch.no_grad():
-            logits = ReadOut.cat(batch.forward(adapter, positions=full.read))[1]
-            self._pre_table = torch.cat([torch.log_softmax(logits[at], dim=-1),
-                                         logits.new_zeros(1, logits.shape[-1])]).detach()
-        where = [(g, r, t) for g, (rs, ts) in full.readout.local.items() for r, t in zip(rs, ts)]
-        self._pre_slot = {where[n]: k for k, n in enumerate(at)}  # (group, batch row, t) -> row of the table
-        self._set_pre_index(full, None)
+        self._pre_table, self._pre_slot = None, {}
+        if full.has_kl:
+            with torch.no_grad():
+                logits = ReadOut.cat(batch.forward(adapter, positions=full.read))[1]
+                self._pre_table = torch.cat([torch.log_softmax(logits[at], dim=-1),
+                                             logits.new_zeros(1, logits.shape[-1])]).detach()
+            where = [(g, r, t) for g, (rs, ts) in full.readout.local.items() for r, t in zip(rs, ts)]
+            self._pre_slot = {where[n]: k for k, n in enumerate(at)}
+            self._set_pre_index(full, None)
         # with the dual step off lambda IS lambda_init: no network, no sketch of the change per step
         # (which copies the whole edited tensor to the CPU) and no per-parameter hash memory
         self.lambda_net = LambdaNet(params, config, seed) if config.dual else None
