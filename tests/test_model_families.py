@@ -113,12 +113,27 @@ def test_family_loads_encodes_one_bos_and_caches_exactly(family, family_adapter)
             assert [int((row == bos).sum()) for row in ids] == [1] * len(samples), family
         targets = [adapter.tokenizer.decode(row[row != IGNORE_INDEX]) for row in enc.labels.cpu()]
         assert targets == [s.target for s in samples]
+        # the losses' read positions, one row each: the same logits and last hidden states as the
+        # full forward's there (families with `logits_mask`: the head ran only there), a per-row
+        # scale on the head's input included
+        read = read_positions(enc.labels)
+        scale = torch.linspace(0.5, 1.5, len(samples)).reshape(-1, 1, 1)
+        hidden, full = adapter.hidden_and_logits(enc, scale)
+        rows_at_head = []
+        hook = adapter.model.get_output_embeddings().register_forward_hook(
+            lambda m, args, out: rows_at_head.append(args[0].shape[:-1].numel()))
+        try:
+            got_h, got = adapter.hidden_and_logits(enc, scale, positions=read)
+        finally:
+            hook.remove()
+        assert (rows_at_head == [int(read.sum())]) == adapter.family.logits_mask, (family, rows_at_head)
+        assert got.shape[0] == int(read.sum()) and torch.allclose(got, full[read], atol=1e-5, rtol=0), family
+        assert torch.allclose(got_h, hidden[read], atol=1e-5, rtol=0), family
         if adapter.supports_prefix_cache:
             full = adapter.logits(enc)
             cached = adapter.logits(adapter.cache_prefix(enc, adapter.num_layers() // 2))
             assert torch.allclose(cached, full, atol=1e-5, rtol=0), (cached - full).abs().max()
             # the head (and, with the edited layer's insides cached, the top MLP) only where read
-            read = read_positions(enc.labels)
             inside = adapter.cache_prefix(enc, adapter.num_layers() // 2, inside=True)
             assert (inside.key is not None and inside.attn is not None) == adapter.family.mlp_cache
             got = adapter.hidden_and_logits(inside, positions=read)[1]  # one row per read position

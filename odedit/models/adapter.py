@@ -412,6 +412,14 @@ class MLLMAdapter:
                 return hidden if raw else scaled, head(scaled).float()
             part = _rows_at(scaled, index)  # the head too only where read
             return _rows_at(hidden, index) if raw and scale is not None else part, head(part).float()
+        module, inputs = self._route(enc.inputs)
+        # the head only at the positions read, where the family's forward takes the mask: the
+        # head's input (and output) are then already one row per position, in row-major order
+        masked = positions is not None and self.family.logits_mask and module is self.model
+        if masked:
+            inputs = {**inputs, "logits_to_keep": positions.to(torch.bool)}
+            if scale is not None and scale.numel() > 1:  # a scale per row: per position's row
+                scale = scale.reshape(-1)[positions.nonzero()[:, 0]].unsqueeze(-1)
         seen = {}
 
         def at_head(_module, args):
@@ -421,11 +429,10 @@ class MLLMAdapter:
 
         handle = head.register_forward_pre_hook(at_head)
         try:
-            module, inputs = self._route(enc.inputs)
             out = module(**inputs, use_cache=False)
         finally:
             handle.remove()
-        if index is not None:
+        if index is not None and not masked:
             return _rows_at(seen["hidden"], index), _rows_at(out.logits, index).float()
         return seen["hidden"], out.logits.float()
 

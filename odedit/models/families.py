@@ -45,6 +45,10 @@ class Family:
     # MLP runs only at the positions a loss reads (a Llama-style layer: `self_attn` returning
     # (output, weights), then the MLP at `mlp` ending in its output projection; tested per family)
     mlp_cache: bool = False
+    # the model's forward takes `logits_to_keep` as a [B, T] bool mask (transformers'
+    # `slice_logits_to_keep`): without the prefix cache, the LM head runs only at the positions a
+    # loss reads (on a 152k-token vocabulary the head is a step's largest product; tested per family)
+    logits_mask: bool = False
     # text-only inputs: "processor" (the processor takes text alone), "tokenizer" (the processor
     # refuses text without images: tokenise `text_layout` with the tokenizer instead)
     text_only: str = "processor"
@@ -60,9 +64,9 @@ class Family:
     batch_generation: bool = True
 
 
-_LLAVA = dict(prefix_cache=True, mlp_cache=True)
-_IDEFICS = dict(nested_images=True, prefix_cache=True, mlp_cache=True)
-_QWEN = dict(bos="none", video_needs_torchvision=True)
+_LLAVA = dict(prefix_cache=True, mlp_cache=True, logits_mask=True)
+_IDEFICS = dict(nested_images=True, prefix_cache=True, mlp_cache=True, logits_mask=True)
+_QWEN = dict(bos="none", video_needs_torchvision=True, logits_mask=True)
 _BLIP = dict(mlp="", proj_names={"down_proj": "fc2", "up_proj": "fc1"}, placeholder="processor",
              prefix_cache=True, text_only_language_model=True)
 
@@ -74,8 +78,9 @@ FAMILIES: dict[str, Family] = {
     "idefics3": Family("Idefics3", **_IDEFICS),
     "smolvlm": Family("SmolVLM", bos="template", video_needs_torchvision=True, **_IDEFICS),
     "paligemma": Family("PaliGemma", placeholder_format="{image}{prompt}", labels="suffix", bos="processor",
-                        text_only="tokenizer", text_layout="{bos}{prompt}\n", batch_generation=False),
-    "gemma3": Family("Gemma3", nested_images=True),
+                        text_only="tokenizer", text_layout="{bos}{prompt}\n", batch_generation=False,
+                        logits_mask=True),
+    "gemma3": Family("Gemma3", nested_images=True, logits_mask=True),
     "blip-2": Family("BLIP-2", **_BLIP),
     "instructblip": Family("InstructBLIP", **_BLIP),
 }
