@@ -23,13 +23,16 @@ def families():
     from odedit.models.families import FAMILIES
 
     table = Table(title="model families")
-    for col in ("model_type", "family", "edited MLP", "images", "labels", "BOS", "prefix cache"):
+    for col in ("model_type", "family", "edited MLP", "images", "labels", "BOS", "prefix cache",
+                "LM head only where read"):
         table.add_column(col)
     for mtype, fam in FAMILIES.items():
         mlp = f"{fam.mlp + '.' if fam.mlp else ''}{fam.proj_names.get('down_proj', 'down_proj')}"
         images = ("per-sample lists" if fam.nested_images else "flat list") + \
             (", processor adds tokens" if fam.placeholder == "processor" else "")
-        table.add_row(mtype, fam.name, mlp, images, fam.labels, fam.bos, "yes" if fam.prefix_cache else "no")
+        prefix = ("yes, inside the edited layer" if fam.mlp_cache else "yes") if fam.prefix_cache else "no"
+        head = "yes" if fam.prefix_cache or fam.logits_mask else "no"
+        table.add_row(mtype, fam.name, mlp, images, fam.labels, fam.bos, prefix, head)
     console.print(table)
 
 
