@@ -53,7 +53,9 @@ def _per_sample(mask: torch.Tensor, reduction: str = "mean"):
 
 
 def nll(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Per-sample -log p(target) under teacher forcing, mean or sum over target tokens."""
+    """Per-sample -log p(target) under teacher forcing, mean or sum over target tokens: the
+    definition on [B, T, V] logits (the objectives take it from `token_terms` on the read
+    positions; tested equal)."""
     mask = answer_mask(labels)
     tok = F.cross_entropy(_positions(logits, mask), labels[:, 1:][mask], reduction="none")
     return _per_sample(mask, reduction)(tok)
@@ -64,7 +66,8 @@ def kl(post_logits, pre_logits, labels, direction: str = "post_pre", positions: 
     """Per-sample KL between post- and pre-edit next-token distributions, mean over positions.
     direction "post_pre" = KL(post || pre) as printed in the paper's Eq. 3. positions "answer":
     the positions predicting target tokens; "all": every REAL position (attention mask 1),
-    never padding - the mask is required for "all"."""
+    never padding - the mask is required for "all". The definition on [B, T, V] logits (the
+    objective takes it from `token_terms` on the read positions; tested equal)."""
     if positions == "answer":
         mask = answer_mask(labels)
     else:  # every real (non-padding) position

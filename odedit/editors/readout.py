@@ -6,7 +6,8 @@ order they are the rows of this module's `ReadOut`. It maps batch rows and envir
 those rows, so that a per-row mean of per-position terms (a sample's NLL or KL) or a weighted sum
 of them (an environment's risk) is one matrix product, and the losses never index a [B, T, V]
 tensor (speed, and memory: no [B, T, vocabulary] tensor on a 7B model). Built in plain Python
-from the (small) masks: a step's layout costs a few tensor constructions, not dozens of ops."""
+over the read positions only: a step's layout costs a few tensor constructions, not dozens of
+ops."""
 
 from __future__ import annotations
 
@@ -38,19 +39,15 @@ class ReadOut:
         for g, enc in encoded.items():
             offsets[g], total = total, total + enc.size
             device = enc.labels.device
-            labels, mask = enc.labels.tolist(), enc.inputs["attention_mask"].tolist()
-            rs, ts = [], []
-            for r, on in enumerate(read[g].tolist()):
-                for t, x in enumerate(on):
-                    if x:
-                        nxt = labels[r][t + 1]
-                        rs.append(r)
-                        ts.append(t)
-                        answer.append(nxt != IGNORE_INDEX)
-                        targets.append(nxt if nxt != IGNORE_INDEX else 0)
-                        real.append(bool(mask[r][t]))
+            r, t = read[g].nonzero(as_tuple=True)  # O(read positions) below, not O(B x T)
+            rs, ts = r.tolist(), t.tolist()
+            mask = enc.inputs["attention_mask"].to(device)
+            for nxt, on in zip(enc.labels[r, t + 1].tolist(), mask[r, t].tolist()):
+                answer.append(nxt != IGNORE_INDEX)
+                targets.append(nxt if nxt != IGNORE_INDEX else 0)
+                real.append(bool(on))
             local[g] = (rs, ts)
-            row += [r + offsets[g] for r in rs]
+            row += [x + offsets[g] for x in rs]
         return cls(read, offsets, total, local, row, answer, real,
                    torch.tensor(targets, dtype=torch.long, device=device))
 
