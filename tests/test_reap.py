@@ -67,3 +67,35 @@ def test_stale_work_dirs(tmp_path):
     past = time.time() - 2 * reap.WORK_MAX_AGE_S
     os.utime(old, (past, past))
     assert reap.stale_work_dirs(tmp_path) == [old]
+
+
+def test_key_cache_entries_long_unused_are_removed_and_a_read_keeps_one(tmp_path, monkeypatch):
+    """reap removes key-cache entries neither written nor read for KEY_CACHE_MAX_AGE_S; reading
+    an entry (a cache hit in `KeyBank.add`) marks it used. Nothing else in the folder is touched."""
+    import torch
+
+    from odedit.editors import nullspace
+    from odedit.lifecycle import state
+
+    monkeypatch.setenv("ODEDIT_STATE_DIR", str(tmp_path / "state"))
+    cache = state.key_cache_dir()
+    cache.mkdir(parents=True)
+    past = time.time() - 2 * reap.KEY_CACHE_MAX_AGE_S
+    unused, read, fresh, other = (cache / n for n in ("unused.pt", "read.pt", "fresh.pt", "notes.txt"))
+    for p in (unused, read, other):
+        torch.save((torch.zeros(2, 2, dtype=torch.float64), torch.zeros(2, 2, dtype=torch.float64)), p)
+        os.utime(p, (past, past))
+    torch.save((torch.zeros(2, 2, dtype=torch.float64),) * 2, fresh)
+
+    class _Module:  # what KeyBank reads of the edited projection: its input width
+        weight = torch.zeros(3, 2)
+
+    bank = nullspace.KeyBank(None, _Module(), 1e-2)
+    monkeypatch.setattr(nullspace, "_cache_key", lambda *a: "read")  # the samples' entry is read.pt
+    monkeypatch.setattr(nullspace, "batch_keys", lambda *a: iter([([0], torch.zeros(1, 2, dtype=torch.float64),
+                                                                   torch.zeros(1, dtype=torch.long))]))
+    bank.add([nullspace.Sample("p", "t")], ["s"], cache=cache)  # a hit: read.pt is in use again
+    assert time.time() - read.stat().st_mtime < 60
+    got = reap.reap(state)
+    assert got["key_files"] == [str(unused)]
+    assert not unused.exists() and read.exists() and fresh.exists() and other.exists()

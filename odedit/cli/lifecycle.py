@@ -32,10 +32,13 @@ def _env(tracking_uri: Optional[str]) -> None:
     from odedit import registry
     from odedit.lifecycle import reap
 
-    cleaned = reap.reap(state)  # what a killed batch left: an orphaned Prefect server, old scratch dirs
+    cleaned = reap.reap(state)  # an orphaned Prefect server, old scratch dirs, key-cache entries long unused
     if cleaned["servers"] or cleaned["work_dirs"]:
         console.print(f"cleaned up after an earlier killed run: Prefect server pid(s) {cleaned['servers'] or '-'}; "
                       f"{len(cleaned['work_dirs'])} stale work dir(s)", markup=False)
+    if cleaned["key_files"]:
+        console.print(f"removed {len(cleaned['key_files'])} key-cache file(s) unused for "
+                      f"{reap.KEY_CACHE_MAX_AGE_S // 86400} days", markup=False)
     registry.probe(registry.connect())  # fail fast (bounded) before any flow starts: nothing changes
 
 

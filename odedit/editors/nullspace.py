@@ -167,6 +167,7 @@ class KeyBank:
                 if got is not None:
                     for total, g in zip(self.totals, got):
                         total.add_(g)
+                    os.utime(path)  # in use: the clean-up (`lifecycle.reap`) removes entries long unused
                     return
             _add_by_part(added, keys, torch.tensor([soft[i] for i in idx])[rows])  # each position's set
         for total, acc in zip(self.totals, added):

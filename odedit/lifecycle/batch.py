@@ -133,7 +133,7 @@ def _edit_loaded(adapter, base_model: str, champ, requests: Sequence[EditRequest
     from odedit.delta import Delta
     from odedit.editing import run_edits
     from odedit.lifecycle.models import resolve_base
-    from odedit.lifecycle.state import state_dir
+    from odedit.lifecycle.state import key_cache_dir
     from odedit.pools import current_answers, locality_pool_for, preservation_of, world_of
 
     base = resolve_base(base_model)
@@ -146,7 +146,7 @@ def _edit_loaded(adapter, base_model: str, champ, requests: Sequence[EditRequest
     t1 = time.perf_counter()
     run = run_edits(adapter, requests, image_root, cfg, pool, sequential=True, on_record=on_record, fault=fault,
                     keep=_prior_samples(prior, prior_root), preserve=preserve, min_reliability=min_reliability,
-                    key_cache=state_dir() / "cache" / "keys" if cfg.base.null_space else None,
+                    key_cache=key_cache_dir() if cfg.base.null_space else None,
                     baselines=baselines)
     t_edit = time.perf_counter() - t1
     delta_dir = batch_dir = None

@@ -8,6 +8,11 @@ lifecycle command:
   sub-reaper).
 * scratch directories of batches under `state/work/` older than a day (a finished batch's
   artifacts are in MLflow; a killed batch's scratch space is never read again).
+* key-cache entries (`state/cache/keys/*.pt`, the lifelong editor's key covariances of
+  preserved knowledge) neither written nor read for 30 days (PRODUCT): an entry is keyed by the
+  weights below the edited layer and the preserved samples, so one that a deployment's nightly
+  batches stopped reading belongs to a model or a preservation set no longer in use; on a 7B
+  model each is two float64 (11008 x 11008) matrices, ~1.9 GB.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 
 SERVER_MARKER = "prefect.server.api.server:create_app"
 WORK_MAX_AGE_S = 24 * 3600
+KEY_CACHE_MAX_AGE_S = 30 * 24 * 3600
 
 
 def _prefect_home(proc) -> str | None:
@@ -75,11 +81,24 @@ def stale_work_dirs(work: str | Path, max_age_s: float = WORK_MAX_AGE_S, now: fl
     return [p for p in d.iterdir() if p.is_dir() and not p.is_symlink() and now - p.stat().st_mtime > max_age_s]
 
 
+def stale_key_files(cache: str | Path, max_age_s: float = KEY_CACHE_MAX_AGE_S, now: float | None = None) -> list[Path]:
+    """Key-cache entries last written or read (their mtime) more than `max_age_s` ago."""
+    now = time.time() if now is None else now
+    d = Path(cache)
+    if not d.is_dir():
+        return []
+    return [p for p in d.glob("*.pt") if p.is_file() and not p.is_symlink() and now - p.stat().st_mtime > max_age_s]
+
+
 def reap(state) -> dict:
-    """Both clean-ups for the state directory module `state` (odedit.lifecycle.state)."""
+    """The clean-ups for the state directory module `state` (odedit.lifecycle.state)."""
     pids = reap_servers(state.prefect_home())
     removed = []
     for p in stale_work_dirs(state.work_dir()):
         shutil.rmtree(p, ignore_errors=True)
         removed.append(str(p))
-    return {"servers": pids, "work_dirs": removed}
+    keys = []
+    for p in stale_key_files(state.key_cache_dir()):
+        p.unlink(missing_ok=True)
+        keys.append(str(p))
+    return {"servers": pids, "work_dirs": removed, "key_files": keys}

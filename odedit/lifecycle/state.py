@@ -73,6 +73,11 @@ def envsets_dir() -> Path:
     return path
 
 
+def key_cache_dir() -> Path:
+    """The lifelong editor's key covariances of preserved knowledge (`nullspace.KeyBank.add`)."""
+    return state_dir() / "cache" / "keys"
+
+
 def work_dir() -> Path:
     d = state_dir() / "work"
     d.mkdir(parents=True, exist_ok=True)
