@@ -167,7 +167,10 @@ class KeyBank:
                 if got is not None:
                     for total, g in zip(self.totals, got):
                         total.add_(g)
-                    os.utime(path)  # in use: the clean-up (`lifecycle.reap`) removes entries long unused
+                    try:  # in use: the clean-up (`lifecycle.reap`) removes entries long unused
+                        os.utime(path)
+                    except OSError:  # a read-only cache is still a cache
+                        pass
                     return
             _add_by_part(added, keys, torch.tensor([soft[i] for i in idx])[rows])  # each position's set
         for total, acc in zip(self.totals, added):

@@ -73,21 +73,21 @@ def reap_servers(prefect_home: str | Path, wait_s: float = 5.0) -> list[int]:
     return [p.pid for p in procs]
 
 
-def stale_work_dirs(work: str | Path, max_age_s: float = WORK_MAX_AGE_S, now: float | None = None) -> list[Path]:
+def _stale(paths, max_age_s: float, now: float | None) -> list[Path]:
+    """Those of `paths` (no symlinks) last modified more than `max_age_s` ago."""
     now = time.time() if now is None else now
+    return [p for p in paths if not p.is_symlink() and now - p.stat().st_mtime > max_age_s]
+
+
+def stale_work_dirs(work: str | Path, max_age_s: float = WORK_MAX_AGE_S, now: float | None = None) -> list[Path]:
     d = Path(work)
-    if not d.is_dir():
-        return []
-    return [p for p in d.iterdir() if p.is_dir() and not p.is_symlink() and now - p.stat().st_mtime > max_age_s]
+    return _stale([p for p in d.iterdir() if p.is_dir()], max_age_s, now) if d.is_dir() else []
 
 
 def stale_key_files(cache: str | Path, max_age_s: float = KEY_CACHE_MAX_AGE_S, now: float | None = None) -> list[Path]:
     """Key-cache entries last written or read (their mtime) more than `max_age_s` ago."""
-    now = time.time() if now is None else now
     d = Path(cache)
-    if not d.is_dir():
-        return []
-    return [p for p in d.glob("*.pt") if p.is_file() and not p.is_symlink() and now - p.stat().st_mtime > max_age_s]
+    return _stale([p for p in d.glob("*.pt") if p.is_file()], max_age_s, now) if d.is_dir() else []
 
 
 def reap(state) -> dict:
