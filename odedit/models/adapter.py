@@ -419,7 +419,7 @@ class MLLMAdapter:
         if masked:
             inputs = {**inputs, "logits_to_keep": positions.to(torch.bool)}
             if scale is not None and scale.numel() > 1:  # a scale per row: per position's row
-                scale = scale.reshape(-1)[positions.nonzero()[:, 0]].unsqueeze(-1)
+                scale = scale.reshape(-1)[index // positions.shape[-1]].unsqueeze(-1)
         seen = {}
 
         def at_head(_module, args):
